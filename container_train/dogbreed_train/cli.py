@@ -1,0 +1,62 @@
+"""Command line of the training program: ``python -m dogbreed_train [--key value ...]``.
+
+Hyperparameters come from /opt/ml/input/config/hyperparameters.json (as SageMaker
+writes them) and may be overridden by flags of the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import config, errors, paths
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dogbreed_train",
+        description="Fine-tune a torchvision classifier on class-folder channels under "
+                    "$SAGEMAKER_BASE_DIR (default /opt/ml). Hyperparameters are read from "
+                    "input/config/hyperparameters.json; flags override them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, description, default in config.field_help():
+        shown = list(default) if isinstance(default, tuple) else default
+        p.add_argument(f"--{name}", metavar="VALUE", default=argparse.SUPPRESS,
+                       help=f"{description} (default: {shown})")
+    return p
+
+
+def read_hyperparameters_file() -> dict:
+    path = paths.hyperparameters_file()
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text() or "{}")
+    except json.JSONDecodeError as exc:
+        raise errors.UserError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise errors.UserError(f"{path} must hold a JSON object of hyperparameters")
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "matplotlib", "torch.onnx", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    errors.clear_failure()
+    try:
+        raw = read_hyperparameters_file()
+        raw.update({k: v for k, v in vars(args).items()})
+        hps = config.parse(raw)
+        from .train import run  # torch is imported only once the input is valid
+
+        run(hps)
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
+        if isinstance(exc, SystemExit):
+            raise
+        return errors.report(exc)
+    return 0

@@ -1,0 +1,205 @@
+"""Channels in class-subfolder layout, as in the dog dataset, and their data loaders.
+
+``train/001.Affenpinscher/x.jpg`` is an image of class ``Affenpinscher``. The class
+list comes from the train channel (sorted by folder name); valid and test may hold
+a subset of those classes but no others.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from . import paths
+from .errors import UserError
+from .preprocess import Spec, eval_array, load_rgb, open_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+_PREFIX = re.compile(r"^\d+[._-]")
+
+
+def label_name(folder: str) -> str:
+    """'001.Affenpinscher' -> 'Affenpinscher'; a folder without a number keeps its name."""
+    return _PREFIX.sub("", folder, count=1) or folder
+
+
+@dataclass
+class Split:
+    """One channel's images: paths with class indices, and what was left out."""
+
+    name: str
+    samples: list[tuple[Path, int]]
+    skipped: list[str] = field(default_factory=list)
+
+
+def class_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(name: str, root: Path, classes: list[str], bad_images: str) -> Split:
+    """Every image under root/<class>/; headers are checked now, pixels when loaded."""
+    index = {folder: i for i, folder in enumerate(classes)}
+    split = Split(name, [])
+    for folder in class_folders(root):
+        if folder not in index:
+            raise UserError(
+                f"channel '{name}' has class folder '{folder}' that the train channel does "
+                f"not have; every class in {name} must also be in train.")
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            try:
+                with open_image(path):
+                    pass
+            except ValueError as exc:
+                if bad_images == "fail":
+                    raise UserError(
+                        f"unreadable image {name}/{path.relative_to(root)}: {exc}. Remove it, "
+                        "or set bad-images=skip to train without it.") from None
+                split.skipped.append(f"{path.relative_to(root)}: {exc}")
+                continue
+            split.samples.append((path, index[folder]))
+    if not split.samples:
+        raise UserError(
+            f"channel '{name}' at {root} has no readable .jpg/.jpeg/.png images in its class "
+            "folders. Expected layout: <channel>/<NNN.ClassName>/<image>.jpg")
+    if split.skipped:
+        log.warning("%s: skipped %d unreadable image(s), e.g. %s", name, len(split.skipped),
+                    split.skipped[0])
+    return split
+
+
+def discover(valid_fraction: float, seed: int, bad_images: str
+             ) -> tuple[list[str], Split, Split, Split | None]:
+    """Find the channels: (class folders, train, valid, test or None)."""
+    train_root = paths.channel_dir("train")
+    if not train_root.is_dir():
+        raise UserError(
+            f"the required 'train' channel is missing (looked in {train_root}). Give the "
+            "job a 'train' input whose folders are classes: train/001.Affenpinscher/*.jpg")
+    classes = class_folders(train_root)
+    if not classes:
+        raise UserError(
+            f"the 'train' channel at {train_root} has no class folders. Put each class's "
+            "images in its own folder: train/001.Affenpinscher/*.jpg")
+    if len(classes) < 2:
+        raise UserError(f"the 'train' channel has only one class ({classes[0]}); "
+                        "a classifier needs at least two class folders.")
+    train = scan("train", train_root, classes, bad_images)
+
+    valid_root = paths.channel_dir("valid")
+    if valid_root.is_dir() and any(valid_root.iterdir()):
+        valid = scan("valid", valid_root, classes, bad_images)
+    else:
+        train, valid = split_off(train, valid_fraction, seed)
+        log.info("no valid channel: holding out %d of %d train images (valid-fraction=%s)",
+                 len(valid.samples), len(valid.samples) + len(train.samples), valid_fraction)
+
+    test_root = paths.channel_dir("test")
+    test = None
+    if test_root.is_dir() and any(test_root.iterdir()):
+        test = scan("test", test_root, classes, bad_images)
+    return classes, train, valid, test
+
+
+def split_off(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """A seeded, per-class split, so every class keeps images on both sides when it can."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in train.samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    for label in sorted(by_class):
+        items = by_class[label]
+        order = rng.permutation(len(items))
+        n_held = int(round(len(items) * fraction)) if len(items) > 1 else 0
+        n_held = min(max(n_held, 1 if len(items) > 1 else 0), len(items) - 1)
+        held += [items[i] for i in order[:n_held]]
+        keep += [items[i] for i in order[n_held:]]
+    if not held:
+        raise UserError("the train channel is too small to hold out a validation split; "
+                        "add images or give a 'valid' channel.")
+    return Split("train", keep, train.skipped), Split("valid", held)
+
+
+class ImageDataset(Dataset):
+    """Decodes on access. A corrupt image yields None (skip) or raises UserError (fail)."""
+
+    def __init__(self, split: Split, transform, bad_images: str):
+        self.split, self.transform, self.bad_images = split, transform, bad_images
+
+    def __len__(self) -> int:
+        return len(self.split.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.split.samples[i]
+        try:
+            img = load_rgb(path)
+        except ValueError as exc:
+            if self.bad_images == "fail":
+                raise UserError(f"unreadable image {path.name}: {exc}") from None
+            return None
+        return self.transform(img), label
+
+
+def collate(batch):
+    """Stack a batch, dropping images that could not be decoded; count them."""
+    good = [b for b in batch if b is not None]
+    dropped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), dropped
+    x = torch.stack([b[0] for b in good])
+    y = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return x, y, dropped
+
+
+def train_transform(spec: Spec, augment: bool):
+    """Random resized crop and flip on the PIL image, then the same normalization."""
+    import torchvision.transforms.v2 as T
+
+    if not augment:
+        return EvalTransform(spec)
+    ops = T.Compose([
+        T.RandomResizedCrop(spec.image_size, scale=(0.35, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.ToImage(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(spec.mean, spec.std),
+    ])
+    return ops
+
+
+class EvalTransform:
+    """The shared evaluation transform (preprocess.eval_array) as a tensor."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(eval_array(img, self.spec))
+
+
+def loader(split: Split, transform, batch_size: int, shuffle: bool, workers: int,
+           bad_images: str, seed: int, sampler=None, pin_memory: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ImageDataset(split, transform, bad_images),
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        generator=generator,
+        drop_last=False,
+    )

@@ -1,0 +1,51 @@
+"""Failures a user can fix, and the SageMaker failure file.
+
+SageMaker shows the first 1024 characters of /opt/ml/output/failure as the job's
+FailureReason, so its first line must say what went wrong and what to do.
+"""
+
+import logging
+import traceback
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """Bad input (data, hyperparameters, weights): reported without a traceback."""
+
+
+def clear_failure() -> None:
+    """A failure file from an earlier run on the same /opt/ml must not outlive it."""
+    paths.failure_file().unlink(missing_ok=True)
+
+
+def write_failure(message: str) -> None:
+    path = paths.failure_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(message.rstrip() + "\n")
+    except OSError as exc:  # an unwritable output dir must not hide the real error
+        log.error("could not write %s: %s", path, exc)
+
+
+def report(exc: BaseException) -> int:
+    """Log and record a failure; return the process exit code."""
+    if isinstance(exc, UserError):
+        message = f"UserError: {exc}"
+        log.error(message)
+        code = 2
+    elif isinstance(exc, KeyboardInterrupt):
+        message = "Interrupted: training was stopped before it finished."
+        log.error(message)
+        code = 130
+    else:
+        message = (
+            f"InternalError: {type(exc).__name__}: {exc}\n"
+            "This is likely a bug in the training image; the job log has the traceback."
+        )
+        log.error("%s\n%s", message, traceback.format_exc())
+        code = 1
+    write_failure(message)
+    return code

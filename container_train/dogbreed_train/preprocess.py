@@ -1,0 +1,112 @@
+"""How an image file becomes model input: the single definition for both images.
+
+Training uses ``load_rgb`` for every image and ``eval_array`` for validation and
+test; the serving image installs this same file (see docker/serve.Dockerfile), so
+an endpoint sees exactly what evaluation saw. Only Pillow and NumPy: no torch.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Refuse images with more pixels than this before decoding them (decompression bombs).
+MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the model expects; saved in model.json and read back by the server."""
+
+    image_size: int = 224
+    resize_size: int = 256  # shorter side before the center crop
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def for_size(cls, image_size: int) -> "Spec":
+        return cls(image_size=image_size, resize_size=round(image_size / 0.875))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Spec":
+        return cls(image_size=int(data["image_size"]), resize_size=int(data["resize_size"]),
+                   mean=tuple(data["mean"]), std=tuple(data["std"]))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def open_image(source: bytes | str | Path) -> Image.Image:
+    """Open without decoding; refuses oversized images. Raises ValueError if unreadable."""
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        img = Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image too large: {exc}") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"not a readable image: {exc}") from None
+    if img.width * img.height > MAX_PIXELS:
+        raise ValueError(f"image too large: {img.width}x{img.height} pixels "
+                         f"(limit {MAX_PIXELS:,})")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and bring any mode (L, P, RGBA, CMYK, 16-bit) to 8-bit RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        img = Image.fromarray(np.clip(arr * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_rgb(source: bytes | str | Path) -> Image.Image:
+    """Decode a JPEG/PNG (bytes or path) to RGB. Raises ValueError if it cannot."""
+    img = open_image(source)
+    try:
+        img.load()
+        return to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"image data is corrupt or truncated: {exc}") from None
+
+
+def resize_crop(img: Image.Image, spec: Spec) -> Image.Image:
+    """Shorter side to ``resize_size`` (bilinear, antialiased), then a centered square crop."""
+    w, h = img.size
+    short, long_ = (w, h) if w <= h else (h, w)
+    new_long = int(spec.resize_size * long_ / short)
+    size = (spec.resize_size, new_long) if w <= h else (new_long, spec.resize_size)
+    img = img.resize(size, Image.Resampling.BILINEAR)
+    left = int(round((size[0] - spec.image_size) / 2.0))
+    top = int(round((size[1] - spec.image_size) / 2.0))
+    return img.crop((left, top, left + spec.image_size, top + spec.image_size))
+
+
+def normalize(img: Image.Image, spec: Spec) -> np.ndarray:
+    """HWC uint8 RGB -> CHW float32, scaled to [0, 1] and standardized."""
+    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def eval_array(img: Image.Image, spec: Spec) -> np.ndarray:
+    """The evaluation transform: an RGB image to a normalized CHW float32 array."""
+    return normalize(resize_crop(img, spec), spec)

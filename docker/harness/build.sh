@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build one of the project's images, online or through the offline harness.
+#
+# Online (the normal case): a plain `docker build` of the real Dockerfile.
+# Offline (this machine cannot pull python:3.11-slim-bookworm): the same Dockerfile,
+# with only two build args swapped: BASE_IMAGE (a local debootstrap image, see
+# base-image.sh) and the pip package source (a local wheelhouse on 127.0.0.1).
+#
+# usage: build.sh DOCKERFILE TAG [extra docker build args...]
+#   DOGBREED_OFFLINE=auto|0|1  (default auto: offline only when the base cannot be pulled)
+set -euo pipefail
+DOCKERFILE=$1; TAG=$2; shift 2
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+DOCKER=${DOCKER:-/usr/bin/docker}
+BASE=${BASE_IMAGE:-python:3.11-slim-bookworm}
+OFFLINE=${DOGBREED_OFFLINE:-auto}
+log() { printf '[build] %s\n' "$*" >&2; }
+
+if [ "$OFFLINE" = auto ]; then
+  if "$DOCKER" image inspect "$BASE" >/dev/null 2>&1 || timeout 120 "$DOCKER" pull -q "$BASE" >/dev/null 2>&1; then
+    OFFLINE=0
+  else
+    log "cannot pull $BASE: using the offline harness (docs/offline-build.md)"
+    OFFLINE=1
+  fi
+fi
+
+cd "$ROOT"
+if [ "$OFFLINE" = 0 ]; then
+  log "building $TAG from $DOCKERFILE"
+  exec env DOCKER_BUILDKIT=1 "$DOCKER" build -f "$DOCKERFILE" -t "$TAG" --build-arg BASE_IMAGE="$BASE" "$@" .
+fi
+
+LOCAL_BASE=${DOGBREED_LOCAL_BASE:-dogbreed-base:bookworm}
+WHEELS=${DOGBREED_WHEELHOUSE:-$ROOT/.cache/wheelhouse}
+"$HERE/base-image.sh" "$LOCAL_BASE"
+# Every lock file the Dockerfile may read: cheap when already fetched.
+"$HERE/wheelhouse.sh" "$WHEELS" container_train/requirements.lock container_serve/requirements*.lock
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$PORT" >/dev/null 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do python3 - "$PORT" <<'PY' && break || sleep 0.1
+import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)
+PY
+done
+
+log "building $TAG from $DOCKERFILE (offline: base $LOCAL_BASE, wheels from 127.0.0.1:$PORT)"
+DOCKER_BUILDKIT=1 "$DOCKER" build -f "$DOCKERFILE" -t "$TAG" --network=host \
+  --build-arg BASE_IMAGE="$LOCAL_BASE" \
+  --build-arg PIP_NO_INDEX=1 \
+  --build-arg PIP_FIND_LINKS="http://127.0.0.1:$PORT/" \
+  "$@" .
