@@ -1,0 +1,54 @@
+# Everything runs from here. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+TRAIN_IMAGE ?= dogbreed-train:latest
+SERVE_IMAGE ?= dogbreed-serve:latest
+BUILD := docker/harness/build.sh
+
+.PHONY: help docker images train-image serve-image venv test unit-test lock clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+docker: ## make sure a Docker engine is running (installs Debian's when root)
+	@docker/harness/ensure-docker.sh
+
+images: train-image serve-image ## build dogbreed-train and dogbreed-serve
+
+train-image: docker
+	$(BUILD) docker/train.Dockerfile $(TRAIN_IMAGE)
+
+serve-image: docker
+	$(BUILD) docker/serve.Dockerfile $(SERVE_IMAGE)
+
+$(VENV)/.done: tests/requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --no-deps --require-hashes -r tests/requirements.lock
+	touch $@
+
+venv: $(VENV)/.done ## host tools: pytest, SageMaker SDK v2, moto, boto3
+
+# A pure-Python pytest mounted into the images: their unit tests run where torch lives.
+INIMAGE_PYTEST := .cache/pytest-inimage
+$(INIMAGE_PYTEST)/.done: tests/requirements-inimage.lock
+	$(PYTHON) -m pip install -q --no-deps --require-hashes --target $(INIMAGE_PYTEST) -r $<
+	touch $@
+
+IN_IMAGE = docker run --rm --network none -v $(CURDIR)/tests:/src/tests:ro \
+	-v $(CURDIR)/$(INIMAGE_PYTEST):/opt/pytest:ro -e PYTHONPATH=/opt/pytest:/opt/program \
+	-e PYTHONDONTWRITEBYTECODE=1 -w /tmp
+
+unit-test: $(INIMAGE_PYTEST)/.done ## unit tests inside the images (needs `make images`)
+	$(IN_IMAGE) $(TRAIN_IMAGE) python -m pytest -q -p no:cacheprovider /src/tests/in_image/train
+
+test: images venv ## build everything and run the whole test suite
+	$(MAKE) unit-test
+	$(VENV)/bin/python -m pytest tests --ignore=tests/in_image
+
+lock: ## re-lock every requirements file (needs uv)
+	docker/harness/lock.sh
+
+clean: ## remove the project's images, build cache and venv
+	-docker rmi $(TRAIN_IMAGE) $(SERVE_IMAGE) 2>/dev/null
+	rm -rf $(VENV) .cache

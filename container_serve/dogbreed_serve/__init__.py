@@ -1,0 +1,1 @@
+"""Serve a dogbreed-train model: raw image bytes in, top-k labels as JSON out."""

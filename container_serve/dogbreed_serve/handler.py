@@ -1,0 +1,99 @@
+"""multi-model-server handler: a whole batch of requests in, one answer per request out.
+
+MMS hands ``handle`` up to DOGBREED_MAX_BATCH requests at once. Each is decoded on
+its own, so one bad image gets its own 4xx and the rest are still answered; the
+good ones go through the network as a single batch. Nothing here raises: an
+exception in a handler would make MMS answer 503 for the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+
+from .decoding import ClientError, decode, parse_top_k
+from .model import Classifier, threads_for
+from .settings import Settings
+
+log = logging.getLogger("dogbreed_serve")
+
+_service: "Service | None" = None
+
+
+def _header(context, idx: int, name: str) -> str | None:
+    """A request header, case-insensitively; the body's own content type as fallback."""
+    headers = context.get_all_request_header(idx) or {}
+    wanted = name.lower()
+    for key, value in headers.items():
+        if isinstance(key, bytes):
+            key = key.decode("latin-1")
+        if key.lower() == wanted and isinstance(value, (str, bytes)):
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    if wanted == "content-type":
+        body_headers = headers.get("body")
+        if isinstance(body_headers, dict):
+            return body_headers.get("content-type")
+    return None
+
+
+class Service:
+    def __init__(self, model_dir: str):
+        self.settings = Settings.from_env()
+        workers = int(__import__("os").environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+        threads = self.settings.intra_op_threads or threads_for(workers)
+        start = time.perf_counter()
+        self.model = Classifier(model_dir, intra_op_threads=threads)
+        self.model.warm_up()
+        log.info("model loaded and warmed up in %.2f s (%d classes, %s, %d threads)",
+                 time.perf_counter() - start, len(self.model.labels), self.model.device, threads)
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        n = len(data)
+        answers: list[str | None] = [None] * n
+        arrays, slots, ks = [], [], []
+        for i, item in enumerate(data):
+            try:
+                body = item.get("body") if isinstance(item, dict) else None
+                if body is None and isinstance(item, dict):
+                    body = item.get("data")
+                k = parse_top_k(_header(context, i, "X-Amzn-SageMaker-Custom-Attributes"),
+                                self.settings.top_k)
+                arrays.append(decode(body, _header(context, i, "content-type"),
+                                     self.model.spec))
+                slots.append(i)
+                ks.append(k)
+            except ClientError as exc:
+                answers[i] = self._error(context, i, exc.status, exc.message)
+            except Exception:  # noqa: BLE001 - a bad request must never kill the batch
+                log.exception("unexpected error decoding request %d", i)
+                answers[i] = self._error(context, i, 400, "the image could not be decoded")
+        if arrays:
+            try:
+                probs = self.model.probabilities(np.stack(arrays))
+                for row, i, k in zip(probs, slots, ks):
+                    answers[i] = json.dumps({"predictions": self.model.top_k(row, k)})
+                    context.set_response_content_type(i, "application/json")
+            except Exception:  # noqa: BLE001
+                log.exception("inference failed for a batch of %d", len(arrays))
+                for i in slots:
+                    answers[i] = self._error(context, i, 500, "inference failed")
+        return answers  # type: ignore[return-value]
+
+    @staticmethod
+    def _error(context, idx: int, status: int, message: str) -> str:
+        context.set_response_status(status, message, idx)
+        context.set_response_content_type(idx, "application/json")
+        return json.dumps({"error": message, "status": status})
+
+
+def handle(data, context):
+    """MMS entry point. First call (data=None) loads the model; later calls predict."""
+    global _service
+    if _service is None:
+        _service = Service(context.system_properties.get("model_dir"))
+    if data is None:
+        return None
+    return _service.handle(data, context)

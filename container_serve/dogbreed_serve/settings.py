@@ -1,0 +1,31 @@
+"""Serving settings from the environment, with the toolkit's names where it has them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: str
+    top_k: int               # default answers per image; per request via custom attributes
+    max_batch: int           # images MMS may hand one worker call
+    max_batch_delay_ms: int  # how long MMS waits to fill a batch
+    intra_op_threads: int    # ONNX Runtime threads per worker (0 = ORT decides)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        base = os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")
+        return cls(
+            model_dir=os.environ.get("DOGBREED_MODEL_DIR", os.path.join(base, "model")),
+            top_k=_int("DOGBREED_TOP_K", 5),
+            max_batch=_int("DOGBREED_MAX_BATCH", 8),
+            max_batch_delay_ms=_int("DOGBREED_MAX_BATCH_DELAY_MS", 5),
+            intra_op_threads=_int("DOGBREED_THREADS_PER_WORKER", 0),
+        )

@@ -1,0 +1,47 @@
+# Serving image: `docker run dogbreed-serve serve` answers /ping and /invocations on 8080
+# with multi-model-server and the SageMaker inference toolkit. No torch, no smdebug:
+# the model is the ONNX file the training image exports, run by ONNX Runtime.
+#
+#   docker build -f docker/serve.Dockerfile -t dogbreed-serve .
+#   docker build -f docker/serve.Dockerfile --build-arg VARIANT=gpu -t dogbreed-serve:gpu .
+#
+# Build args: BASE_IMAGE, VARIANT (cpu|gpu: which lock file, onnxruntime or
+# onnxruntime-gpu), PIP_INDEX_URL / PIP_FIND_LINKS / PIP_NO_INDEX (package source).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+ARG VARIANT=cpu
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/venv
+COPY container_serve/requirements.lock container_serve/requirements-gpu.lock /tmp/
+RUN lock=/tmp/requirements.lock; [ "$VARIANT" = gpu ] && lock=/tmp/requirements-gpu.lock; \
+    /opt/venv/bin/pip install --no-deps --require-hashes -r "$lock" \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="dogbreed-serve" \
+      org.opencontainers.image.description="Serves a dogbreed-train model on SageMaker (raw image bytes in, JSON out)" \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+# multi-model-server's frontend is Java.
+RUN mkdir -p /usr/share/man/man1 \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/* /usr/share/man/* /usr/share/doc/*
+RUN useradd --system --uid 1000 --home-dir /home/model-server --create-home model-server
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/opt/program
+COPY --from=build /opt/venv /opt/venv
+COPY container_serve/dogbreed_serve /opt/program/dogbreed_serve
+# The evaluation transform is the training image's own file: one definition, two images.
+COPY container_train/dogbreed_train/preprocess.py /opt/program/dogbreed_serve/preprocess.py
+COPY container_serve/bin/serve /usr/local/bin/serve
+RUN python -m compileall -q /opt/program
+WORKDIR /home/model-server
+EXPOSE 8080
+ENTRYPOINT []
+CMD ["serve"]

@@ -1,0 +1,55 @@
+# Training image: `docker run dogbreed-train train` under the SageMaker training contract.
+#
+#   docker build -f docker/train.Dockerfile -t dogbreed-train .
+#
+# Build args:
+#   BASE_IMAGE         Python 3.11 base (default python:3.11-slim-bookworm)
+#   PRETRAINED_MODELS  space-separated backbones whose torchvision weights are baked in
+#                      for network-isolated jobs, e.g. "resnet50 efficientnet_b0"
+#   PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX
+#                      another package source (used by the offline harness)
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: a virtualenv with every locked package; compilers stay in this stage
+FROM ${BASE_IMAGE} AS build
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# sagemaker-training ships as source and compiles a small C extension.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && (python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+     || apt-get install -y --no-install-recommends python3-dev) \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+COPY container_train/requirements.lock /tmp/requirements.lock
+# --no-deps: the lock is complete (and overrides smdebug's protobuf pin, see overrides.txt).
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.lock \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+
+# ---- runtime
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="dogbreed-train" \
+      org.opencontainers.image.description="Fine-tunes a torchvision classifier under the SageMaker training contract"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python \
+    TORCH_HOME=/opt/torch \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    SAGEMAKER_TRAINING_MODULE=dogbreed_train.launch:main \
+    PYTHONPATH=/opt/program
+COPY --from=build /opt/venv /opt/venv
+
+ARG PRETRAINED_MODELS=""
+COPY container_train/dogbreed_train /opt/program/dogbreed_train
+RUN for m in $PRETRAINED_MODELS; do \
+      python -c "import sys; from dogbreed_train.models import weights_enum; weights_enum(sys.argv[1]).get_state_dict(progress=False)" "$m" || exit 1; \
+    done; \
+    python -m compileall -q /opt/program
+
+WORKDIR /opt/program
+# `train` is the SageMaker training toolkit's console script.
+ENTRYPOINT []
+CMD ["train"]
