@@ -179,6 +179,7 @@ def run(hps: config.Hyperparameters) -> dict:
                          "test": len(test_split.samples) if test_split else 0},
               "skipped_images": {"scan": skipped, "decode": dropped}}
     artifacts.save_metrics(out_dir, record)
-    log.info("done: valid_acc=%.4f%s", last["valid_acc"],
-             f" test_acc={test['acc']:.4f}" if test else "")
+    # Worded unlike the METRIC lines so the metric regexes never count it twice.
+    log.info("finished: validation accuracy %.4f%s", last["valid_acc"],
+             f", test accuracy {test['acc']:.4f}" if test else "")
     return record
