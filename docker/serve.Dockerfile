@@ -25,10 +25,10 @@ FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="dogbreed-serve" \
       org.opencontainers.image.description="Serves a dogbreed-train model on SageMaker (raw image bytes in, JSON out)" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
-# multi-model-server's frontend is Java.
+# multi-model-server's frontend is Java; nginx is the front door (see server.py).
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless nginx-light \
  && rm -rf /var/lib/apt/lists/* /usr/share/man/* /usr/share/doc/*
 RUN useradd --system --uid 1000 --home-dir /home/model-server --create-home model-server
 ENV PATH=/opt/venv/bin:$PATH \
@@ -42,6 +42,7 @@ COPY container_train/dogbreed_train/preprocess.py /opt/program/dogbreed_serve/pr
 COPY container_serve/bin/serve /usr/local/bin/serve
 RUN python -m compileall -q /opt/program
 WORKDIR /home/model-server
+USER model-server
 EXPOSE 8080
 ENTRYPOINT []
 CMD ["serve"]

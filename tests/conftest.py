@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

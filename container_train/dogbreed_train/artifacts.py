@@ -4,7 +4,7 @@
     model.onnx   the network, batch dimension dynamic
     model.json   labels, preprocessing, input/output names, metrics summary
 /opt/ml/output/data (uploaded as output.tar.gz):
-    metrics.json, training_curves.png
+    metrics.json, training_curves.png, test_predictions.json (with a test channel)
 """
 
 from __future__ import annotations
@@ -94,9 +94,16 @@ def save_model(model: nn.Module, model_dir: Path, *, labels: list[str],
     log.info("saved %s and %s to %s", MODEL_FILE, METADATA_FILE, model_dir)
 
 
-def save_metrics(output_data_dir: Path, record: dict) -> None:
+def save_json(path: Path, obj) -> None:
     try:
-        _atomic_write(output_data_dir / "metrics.json", json.dumps(record, indent=2).encode())
+        _atomic_write(path, json.dumps(obj, indent=2).encode())
+    except OSError as exc:
+        raise UserError(f"could not write {path}: {exc}") from None
+
+
+def save_metrics(output_data_dir: Path, record: dict) -> None:
+    save_json(output_data_dir / "metrics.json", record)
+    try:
         plot_curves(record["history"], output_data_dir / "training_curves.png")
     except OSError as exc:
         raise UserError(f"could not write metrics to {output_data_dir}: {exc}") from None

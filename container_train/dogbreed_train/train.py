@@ -19,7 +19,7 @@ from torch import nn
 
 from . import artifacts, config, data, metrics, paths
 from .models import build_model
-from .preprocess import Spec
+from .preprocess import Spec, load_rgb
 
 log = logging.getLogger("dogbreed_train")
 
@@ -105,6 +105,32 @@ def evaluate(model, loader, rt: Runtime) -> dict:
             "images": seen, "dropped": dropped}
 
 
+@torch.no_grad()
+def predict_split(model, split: data.Split, spec: Spec, rt: Runtime, root, labels,
+                  batch_size: int) -> list[dict]:
+    """Per-image predictions of the evaluation path, for error analysis and for checking
+    that the endpoint answers the same (tests/test_serve_container.py)."""
+    model.eval()
+    transform = data.EvalTransform(spec)
+    rows = []
+    for start in range(0, len(split.samples), batch_size):
+        chunk, tensors = [], []
+        for path, label in split.samples[start:start + batch_size]:
+            try:
+                tensors.append(transform(load_rgb(path)))
+                chunk.append((path, label))
+            except ValueError:
+                continue
+        if not tensors:
+            continue
+        probs = torch.softmax(model(torch.stack(tensors).to(rt.device)).float(), 1).cpu()
+        for (path, label), p in zip(chunk, probs):
+            best = int(p.argmax())
+            rows.append({"image": str(path.relative_to(root)), "label": labels[label],
+                         "predicted": labels[best], "probability": float(p[best])})
+    return rows
+
+
 def run(hps: config.Hyperparameters) -> dict:
     """Train, evaluate and save; returns the metrics record."""
     seed_everything(hps.seed)
@@ -160,6 +186,9 @@ def run(hps: config.Hyperparameters) -> dict:
         test = evaluate(model, test_loader, rt)
         dropped += test["dropped"]
         log.info(metrics.test_line(test))
+        predictions = predict_split(model, test_split, spec, rt, paths.channel_dir("test"),
+                                    labels, hps.test_batch_size)
+        artifacts.save_json(out_dir / "test_predictions.json", predictions)
 
     skipped = {s.name: len(s.skipped) for s in (train_split, valid_split, test_split) if s}
     if dropped or any(skipped.values()):

@@ -1,0 +1,167 @@
+"""`serve`: multi-model-server behind nginx, configured from SageMaker's environment.
+
+Start-up order is what makes /ping honest:
+  1. MMS starts on loopback ports only (inference and management API).
+  2. The model is registered through the management API with server-side batching
+     and ``synchronous=true``: the call returns once a worker has loaded and warmed
+     up the model (see handler.py).
+  3. Only then nginx opens the public port (SAGEMAKER_BIND_TO_PORT, default 8080).
+Before step 3 the port refuses connections, so SageMaker never routes to a cold
+container. If MMS or nginx exits, ``serve`` exits too and SageMaker replaces it.
+
+Settings come from the inference toolkit's Environment (SAGEMAKER_BIND_TO_PORT,
+SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_MODEL_SERVER_TIMEOUT,
+SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_MODEL_SERVER_VMARGS,
+SAGEMAKER_STARTUP_TIMEOUT) and settings.py (DOGBREED_*).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import string
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from sagemaker_inference.environment import Environment
+
+from .model import METADATA_FILE
+from .settings import Settings
+
+log = logging.getLogger("dogbreed_serve.server")
+
+HANDLER = "dogbreed_serve.handler:handle"
+MODEL_NAME = "model"
+CONF = Path(__file__).with_name("conf")
+
+
+def default_workers() -> int:
+    """One worker per GPU, else one per two CPUs (ONNX Runtime threads share them)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return 1
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def free_ports(count: int, avoid: int) -> list[int]:
+    """Free loopback ports below 32768 (MMS rejects higher ones)."""
+    found: list[int] = []
+    for port in range(8081, 32768):
+        if port == avoid:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError("no free loopback ports for multi-model-server")
+
+
+def mms_properties(env: Environment, inference_port: int, management_port: int,
+                   workers: int, max_body: int) -> str:
+    lines = {
+        "inference_address": f"http://127.0.0.1:{inference_port}",
+        "management_address": f"http://127.0.0.1:{management_port}",
+        "default_workers_per_model": workers,
+        "default_response_timeout": env.model_server_timeout,
+        "max_request_size": max_body + 65536,
+        "vmargs": env.vmargs,
+        "decode_input_request": "false",
+    }
+    return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+
+def register_model(management_port: int, settings: Settings, workers: int,
+                   timeout: int) -> None:
+    """Register with batching; returns when the workers have loaded the model."""
+    query = urllib.parse.urlencode({
+        "url": settings.model_dir, "model_name": MODEL_NAME, "handler": HANDLER,
+        "runtime": "python3", "batch_size": settings.max_batch,
+        "max_batch_delay": settings.max_batch_delay_ms, "initial_workers": workers,
+        "synchronous": "true", "response_timeout": timeout,
+    })
+    url = f"http://127.0.0.1:{management_port}/models?{query}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
+                                        timeout=timeout) as resp:
+                log.info("model registered: %s", json.loads(resp.read()).get("status"))
+                return
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"MMS refused the model: {exc.code} {exc.read()[:500]!r}")
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("MMS management API did not come up in time") from None
+            time.sleep(0.1)
+
+
+def nginx_conf(workdir: Path, port: int, mms_port: int, max_body: int, timeout: int) -> Path:
+    text = string.Template((CONF / "nginx.conf.template").read_text()).substitute(
+        workdir=workdir, port=port, mms_port=mms_port, max_body=max_body, timeout=timeout)
+    path = workdir / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    if not (Path(settings.model_dir) / METADATA_FILE).is_file():
+        log.error("no model in %s: expected model.onnx and model.json from dogbreed-train",
+                  settings.model_dir)
+        return 2
+    env = Environment()
+    port = int(env.inference_http_port)
+    workers = int(env.model_server_workers or default_workers())
+    max_body = env.max_request_size or 6 * 1024 * 1024
+    timeout = int(env.model_server_timeout or 60)
+    os.environ["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)  # read by the handler
+
+    workdir = Path(tempfile.mkdtemp(prefix="dogbreed-serve-"))
+    mms_port, mgmt_port = free_ports(2, avoid=port)
+    config = workdir / "mms.properties"
+    config.write_text(mms_properties(env, mms_port, mgmt_port, workers, max_body))
+    started = time.monotonic()
+    mms = subprocess.Popen(
+        ["multi-model-server", "--start", "--foreground", "--mms-config", str(config),
+         "--model-store", "/", "--log-config", str(CONF / "log4j2.xml")], cwd=workdir)
+    children = [mms]
+
+    def stop(*_):
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        register_model(mgmt_port, settings, workers, int(env.startup_timeout))
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        stop()
+        return 1
+    nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(workdir, port, mms_port,
+                                                             max_body, timeout)),
+                              "-e", "stderr"])
+    children.append(nginx)
+    log.info("ready on port %d after %.1f s: %d worker(s), batches of up to %d",
+             port, time.monotonic() - started, workers, settings.max_batch)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    stop()
+    codes = [child.wait() for child in children]
+    return next((c for c in codes if c), 0)

@@ -1,0 +1,32 @@
+"""The SageMaker Python SDK v2's local mode as the real client of the training image."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+from conftest import TINY_HPS
+from sdk import ROLE, local_session, opt_out_of_telemetry
+from synthetic import make_dataset
+
+
+def test_estimator_fit_produces_model_tarball(train_image, tmp_path):
+    opt_out_of_telemetry(tmp_path)
+    from sagemaker.estimator import Estimator
+
+    data = make_dataset(tmp_path / "data", {"train": 8, "valid": 2, "test": 2})
+    estimator = Estimator(
+        image_uri=train_image, role=ROLE, instance_count=1, instance_type="local",
+        hyperparameters={**TINY_HPS, "epochs": 2},
+        output_path=f"file://{tmp_path / 'out'}",
+        sagemaker_session=local_session(tmp_path / "containers"),
+    )
+    estimator.fit({c: f"file://{data / c}" for c in ("train", "valid", "test")}, logs=False)
+    tarball = estimator.model_data.replace("file://", "")
+    with tarfile.open(tarball) as tar:
+        names = sorted(n.lstrip("./") for n in tar.getnames() if n not in (".", "./"))
+        meta = json.load(tar.extractfile([m for m in tar.getmembers()
+                                          if m.name.endswith("model.json")][0]))
+    assert names == ["model.json", "model.onnx"]
+    assert meta["hyperparameters"]["epochs"] == 2
+    assert len(meta["labels"]) == 3

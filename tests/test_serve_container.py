@@ -1,0 +1,195 @@
+"""`docker run dogbreed-serve serve` with a model the training image really produced."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zlib
+import struct
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from serving import Server
+
+
+@pytest.fixture(scope="module")
+def server(serve_image, trained_model):
+    srv = Server(serve_image, trained_model.root / "model")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(w=96, h=72, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+LABELS = ["Red_stripes", "Green_bars", "Blue_checks"]
+
+
+def check_prediction(resp, k=3):
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"].startswith("application/json")
+    preds = resp.json()["predictions"]
+    assert len(preds) == k and {p["label"] for p in preds} <= set(LABELS)
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    return preds
+
+
+def test_ping_is_not_200_before_the_model_is_loaded(serve_image, trained_model):
+    srv = Server(serve_image, trained_model.root / "model")
+    try:
+        seen = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                code = requests.get(f"{srv.url}/ping", timeout=2).status_code
+            except requests.ConnectionError:
+                code = None
+            if code == 200:
+                # By the time /ping says yes, the worker has loaded and warmed the model ...
+                assert "model loaded and warmed up" in srv.logs()
+                break
+            seen.append(code)
+            time.sleep(0.02)
+        else:
+            pytest.fail("never became ready")
+        assert seen and set(seen) == {None}  # before that: refused, never a 200 or 5xx
+        # ... and the very first invocation is answered at once.
+        start = time.monotonic()
+        check_prediction(srv.invoke(encode(photo(), "JPEG")))
+        assert time.monotonic() - start < 5
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("mode,fmt,content_type", [
+    ("RGB", "JPEG", "image/jpeg"),
+    ("RGB", "PNG", "image/png"),
+    ("L", "JPEG", "image/jpeg"),
+    ("L", "PNG", "image/png"),
+    ("RGBA", "PNG", "image/png"),
+    ("P", "PNG", "image/png"),
+    ("CMYK", "JPEG", "image/jpeg"),
+    ("I;16", "PNG", "image/png"),
+    ("RGB", "JPEG", "application/x-image"),
+    ("RGB", "PNG", "image/jpeg"),           # format comes from the bytes, not the header
+    ("RGB", "JPEG", "IMAGE/JPEG; charset=binary"),
+])
+def test_raw_bytes_in_every_mode(server, mode, fmt, content_type):
+    img = photo()
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257))
+    elif mode != "RGB":
+        img = img.convert(mode)
+    check_prediction(server.invoke(encode(img, fmt), content_type))
+
+
+def test_exif_orientation_is_applied(server):
+    img = photo(120, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = server.invoke(encode(img, "JPEG", exif=exif, quality=95)).json()
+    upright = server.invoke(encode(img.transpose(Image.Transpose.ROTATE_270), "JPEG",
+                                   quality=95)).json()
+    assert rotated["predictions"][0]["label"] == upright["predictions"][0]["label"]
+    assert rotated["predictions"][0]["probability"] == pytest.approx(
+        upright["predictions"][0]["probability"], abs=0.05)
+
+
+def test_top_k_per_request(server):
+    body = encode(photo(), "JPEG")
+    check_prediction(server.invoke(body, **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=1"}), k=1)
+    check_prediction(server.invoke(body, **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=50"}), k=3)
+
+
+def test_endpoint_agrees_with_training_evaluation(server, trained_model):
+    """Same image, same answer: the training job's own eval predictions vs the endpoint."""
+    rows = json.loads((trained_model.root / "output/data/test_predictions.json").read_text())
+    assert len(rows) == 12
+    test_dir = trained_model.root / "input" / "data" / "test"
+    for row in rows:
+        path = test_dir / row["image"]
+        ctype = "image/png" if path.suffix == ".png" else "image/jpeg"
+        top = server.invoke(path.read_bytes(), ctype).json()["predictions"][0]
+        assert top["label"] == row["predicted"], row
+        assert top["probability"] == pytest.approx(row["probability"], abs=1e-4), row
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A valid PNG header claiming huge dimensions, with a tiny compressed body."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+GOOD = encode(photo(), "JPEG")
+BAD_INPUTS = [
+    ("empty body", b"", "image/jpeg", 400),
+    ("not an image", b"hello world" * 10, "image/jpeg", 400),
+    ("truncated jpeg", GOOD[: len(GOOD) // 2], "image/jpeg", 400),
+    ("png magic then garbage", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", 400),
+    ("text/plain", GOOD, "text/plain", 415),
+    ("json", b'{"a": 1}', "application/json", 415),
+    ("form encoded", GOOD, "application/x-www-form-urlencoded", 415),
+    ("no content type", GOOD, None, 415),
+    ("decompression bomb", png_with_size(30000, 30000), "image/png", 413),
+    ("over the payload limit", b"\xff\xd8\xff" + b"\0" * (7 * 1024 * 1024), "image/jpeg", 413),
+]
+
+
+@pytest.mark.parametrize("case,body,content_type,status", BAD_INPUTS,
+                         ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_4xx_json(server, case, body, content_type, status):
+    resp = server.invoke(body, content_type)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"].startswith("application/json")
+    payload = resp.json()
+    assert payload["error"] and payload["status"] == status
+    for leak in ("Traceback", "/opt/", "site-packages", ".py"):
+        assert leak not in resp.text
+
+
+def test_server_survives_bad_input(server):
+    for _, body, content_type, _ in BAD_INPUTS:
+        server.invoke(body, content_type)
+    check_prediction(server.invoke(GOOD))
+    logs = server.logs()
+    assert "Worker died" not in logs and "Traceback" not in logs
+
+
+def test_only_ping_and_invocations_are_public(server):
+    assert requests.get(f"{server.url}/models", timeout=5).status_code == 404
+    assert requests.get(f"{server.url}/invocations", timeout=5).status_code == 405
+    assert requests.get(f"{server.url}/ping", timeout=5).json() == {"status": "Healthy"}
+
+
+def test_health_checks_are_not_logged(server):
+    before = server.logs().count("\n")
+    for _ in range(20):
+        requests.get(f"{server.url}/ping", timeout=5)
+    assert server.logs().count("\n") == before
+
+
+def test_runs_as_non_root(server):
+    from conftest import docker
+
+    user = docker("exec", server.id, "id", "-u").stdout.strip()
+    assert user != "0"
