@@ -41,8 +41,9 @@ COPY container_serve/dogbreed_serve /opt/program/dogbreed_serve
 COPY container_train/dogbreed_train/preprocess.py /opt/program/dogbreed_serve/preprocess.py
 COPY container_serve/bin/serve /usr/local/bin/serve
 RUN python -m compileall -q /opt/program
+# `serve` starts as root (as SageMaker runs it) and drops to model-server before
+# starting anything that listens; see dogbreed_serve/server.py.
 WORKDIR /home/model-server
-USER model-server
 EXPOSE 8080
 ENTRYPOINT []
 CMD ["serve"]

@@ -96,3 +96,15 @@ def trained_model(train_image, tmp_path_factory) -> TrainRun:
     run = run_train(train_image, root)
     assert run.rc == 0, run.log[-3000:]
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_local_mode_leftovers():
+    """SDK local mode leaves exited containers and a network behind; tidy up ours."""
+    yield
+    for image in (TRAIN_IMAGE, SERVE_IMAGE):
+        ids = docker("ps", "-aq", "--filter", f"ancestor={image}", "--filter",
+                     "status=exited", check=False).stdout.split()
+        if ids:
+            docker("rm", *ids, check=False)
+    docker("network", "rm", "sagemaker-local", check=False)

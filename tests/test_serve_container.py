@@ -188,8 +188,10 @@ def test_health_checks_are_not_logged(server):
     assert server.logs().count("\n") == before
 
 
-def test_runs_as_non_root(server):
+def test_listening_processes_are_not_root(server):
     from conftest import docker
 
-    user = docker("exec", server.id, "id", "-u").stdout.strip()
-    assert user != "0"
+    rows = docker("top", server.id, "-eo", "uid,args").stdout.splitlines()[1:]
+    procs = [(r.split(None, 1)[0], r.split(None, 1)[1]) for r in rows]
+    assert any("nginx" in a for _, a in procs) and any("java" in a for _, a in procs)
+    assert all(uid != "0" for uid, _ in procs), procs

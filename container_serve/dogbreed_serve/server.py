@@ -20,11 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
+import shutil
 import signal
 import socket
 import string
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -116,6 +120,44 @@ def nginx_conf(workdir: Path, port: int, mms_port: int, max_body: int, timeout: 
     return path
 
 
+SERVICE_USER = "model-server"
+
+
+def drop_privileges(model_dir: str) -> str:
+    """Run everything as SERVICE_USER; returns the model dir that user can read.
+
+    SageMaker starts containers as root and mounts the model as root's files; SDK
+    local mode even extracts it into a 0700 folder. When the service user cannot
+    read it, the model is copied to a folder it owns first.
+    """
+    if os.getuid() != 0:
+        return model_dir
+    user = pwd.getpwnam(SERVICE_USER)
+    readable = all(
+        subprocess.run(["test", "-r", str(Path(model_dir) / name)], user=user.pw_uid,
+                       group=user.pw_gid, extra_groups=[]).returncode == 0
+        for name in (METADATA_FILE, json.loads((Path(model_dir) / METADATA_FILE)
+                                               .read_text())["model_file"]))
+    if not readable:
+        copy = Path(tempfile.mkdtemp(prefix="dogbreed-model-"))
+        shutil.copytree(model_dir, copy, dirs_exist_ok=True)
+        for path in [copy, *copy.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        log.info("copied the model to %s: %s cannot read %s", copy, SERVICE_USER, model_dir)
+        model_dir = str(copy)
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    os.environ.update(HOME=user.pw_dir, USER=SERVICE_USER)
+    return model_dir
+
+
+def forward(stream) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -124,6 +166,10 @@ def main() -> int:
         log.error("no model in %s: expected model.onnx and model.json from dogbreed-train",
                   settings.model_dir)
         return 2
+    model_dir = drop_privileges(settings.model_dir)
+    if model_dir != settings.model_dir:
+        os.environ["DOGBREED_MODEL_DIR"] = model_dir
+        settings = Settings.from_env()
     env = Environment()
     port = int(env.inference_http_port)
     workers = int(env.model_server_workers or default_workers())
@@ -154,9 +200,12 @@ def main() -> int:
         log.error("%s", exc)
         stop()
         return 1
+    # nginx reopens /dev/stdout for its access log; a pipe we (the service user) own
+    # allows that where the container's own stdout belongs to root.
     nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(workdir, port, mms_port,
                                                              max_body, timeout)),
-                              "-e", "stderr"])
+                              "-e", "stderr"], stdout=subprocess.PIPE)
+    threading.Thread(target=forward, args=(nginx.stdout,), daemon=True).start()
     children.append(nginx)
     log.info("ready on port %d after %.1f s: %d worker(s), batches of up to %d",
              port, time.monotonic() - started, workers, settings.max_batch)
