@@ -100,11 +100,12 @@ def trained_model(train_image, tmp_path_factory) -> TrainRun:
 
 @pytest.fixture(scope="session", autouse=True)
 def remove_local_mode_leftovers():
-    """SDK local mode leaves exited containers and a network behind; tidy up ours."""
+    """SDK local mode leaves containers and a network behind (and a failed local test
+    can leave one running, which keeps the SDK's log thread and so pytest alive)."""
     yield
     for image in (TRAIN_IMAGE, SERVE_IMAGE):
         ids = docker("ps", "-aq", "--filter", f"ancestor={image}", "--filter",
-                     "status=exited", check=False).stdout.split()
+                     "name=algo-", check=False).stdout.split()
         if ids:
-            docker("rm", *ids, check=False)
+            docker("rm", "-f", *ids, check=False)
     docker("network", "rm", "sagemaker-local", check=False)

@@ -8,20 +8,28 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+import pytest
+
 from sdk import ROLE, local_session, opt_out_of_telemetry
 
 
-def test_model_deploy_and_predict_raw_bytes(serve_image, trained_model, tmp_path):
+@pytest.fixture(scope="module")
+def tarball(trained_model, tmp_path_factory):
+    """The training job's /opt/ml/model packed as SageMaker packs it."""
+    path = tmp_path_factory.mktemp("model") / "model.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for item in sorted((trained_model.root / "model").iterdir()):
+            tar.add(item, arcname=item.name)
+    return path
+
+
+def test_model_deploy_and_predict_raw_bytes(serve_image, tarball, tmp_path):
     opt_out_of_telemetry(tmp_path)
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
     from sagemaker.serializers import IdentitySerializer
 
-    tarball = tmp_path / "model.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        for path in sorted((trained_model.root / "model").iterdir()):
-            tar.add(path, arcname=path.name)
     session = local_session(tmp_path / "containers")
     model = Model(image_uri=serve_image, model_data=f"file://{tarball}", role=ROLE,
                   sagemaker_session=session, predictor_cls=Predictor)
@@ -41,3 +49,30 @@ def test_model_deploy_and_predict_raw_bytes(serve_image, trained_model, tmp_path
                                                           "Blue_checks"}
     finally:
         predictor.delete_endpoint()
+
+
+def test_batch_transform_one_image_per_record(serve_image, tarball, tmp_path):
+    """SDK local batch transform over a folder of images, one image per record."""
+    opt_out_of_telemetry(tmp_path)
+    import json
+
+    from sagemaker.model import Model
+
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(
+            inputs / f"photo{i}.jpg")
+    model = Model(image_uri=serve_image, model_data=f"file://{tarball}", role=ROLE,
+                  sagemaker_session=local_session(tmp_path / "containers"))
+    transformer = model.transformer(instance_count=1, instance_type="local",
+                                    strategy="SingleRecord",
+                                    output_path=f"file://{tmp_path / 'out'}",
+                                    accept="application/json")
+    transformer.transform(f"file://{inputs}", content_type="image/jpeg", wait=True,
+                          logs=False)
+    outputs = sorted((tmp_path / "out").glob("*.out"))
+    assert [p.name for p in outputs] == ["photo0.jpg.out", "photo1.jpg.out", "photo2.jpg.out"]
+    for path in outputs:
+        assert len(json.loads(path.read_text())["predictions"]) == 3

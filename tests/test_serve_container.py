@@ -191,7 +191,26 @@ def test_health_checks_are_not_logged(server):
 def test_listening_processes_are_not_root(server):
     from conftest import docker
 
-    rows = docker("top", server.id, "-eo", "uid,args").stdout.splitlines()[1:]
-    procs = [(r.split(None, 1)[0], r.split(None, 1)[1]) for r in rows]
+    rows = docker("top", server.id, "-eo", "pid,uid,args").stdout.splitlines()[1:]
+    procs = [tuple(r.split(None, 2)[1:]) for r in rows]
     assert any("nginx" in a for _, a in procs) and any("java" in a for _, a in procs)
     assert all(uid != "0" for uid, _ in procs), procs
+
+
+def test_bind_to_port_and_top_k_default(serve_image, trained_model):
+    """SAGEMAKER_BIND_TO_PORT moves the public port; DOGBREED_TOP_K sets the default k."""
+    from conftest import docker
+
+    srv = Server.__new__(Server)
+    srv.id = docker("run", "-d", "-p", "127.0.0.1:0:9090", "-e", "SAGEMAKER_BIND_TO_PORT=9090",
+                    "-e", "DOGBREED_TOP_K=2", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+                    "-v", f"{trained_model.root / 'model'}:/opt/ml/model:ro",
+                    serve_image, "serve").stdout.strip()
+    port = docker("port", srv.id, "9090").stdout.splitlines()[0].rsplit(":", 1)[1]
+    srv.url = f"http://127.0.0.1:{port}"
+    try:
+        srv.wait_ready()
+        check_prediction(srv.invoke(GOOD), k=2)
+        assert "2 worker(s)" in srv.logs()
+    finally:
+        srv.stop()

@@ -57,6 +57,7 @@ def test_missing_train_channel_fails_clearly(train_image, tmp_path):
     root = opt_ml(tmp_path, TINY_HPS, per_class={})
     run = run_train(train_image, root)
     assert run.rc != 0
+    assert run.rc == 2  # input errors: 2, internal errors: 1
     assert run.failure.startswith("UserError: the required 'train' channel is missing")
 
 

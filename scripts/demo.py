@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The local demo: prepare data, train, deploy, classify real photos, summarize.
+
+Everything runs on this machine through the SageMaker Python SDK's local mode and
+the project's two images; no AWS account is needed. The data is Fashion-MNIST
+(real photos of clothing that Debian ships), so nothing is downloaded on Debian.
+
+    make demo                     # or: .venv/bin/python scripts/demo.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demodata  # noqa: E402
+import local_mode  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Train, serve and query the classifier locally on Fashion-MNIST.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "demo-output",
+                   help="folder for the data, the model and the summary")
+    p.add_argument("--train-per-class", type=int, default=100)
+    p.add_argument("--valid-per-class", type=int, default=20)
+    p.add_argument("--test-per-class", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--invoke", type=int, default=20,
+                   help="test photos sent to the endpoint as raw bytes")
+    p.add_argument("--train-image", default="dogbreed-train:latest")
+    p.add_argument("--serve-image", default="dogbreed-serve:latest")
+    p.add_argument("--quiet", action="store_true", help="don't stream the training log")
+    return p.parse_args(argv)
+
+
+def step(n: int, text: str) -> None:
+    print(f"\n==> [{n}/5] {text}", flush=True)
+
+
+def as_jpeg(png: bytes) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = args.out.resolve()
+    start = time.monotonic()
+    local_mode.opt_out_of_telemetry(out / ".sagemaker")
+
+    step(1, "preparing Fashion-MNIST in the dog dataset's layout")
+    data = demodata.prepare(out / "data", {"train": args.train_per_class,
+                                           "valid": args.valid_per_class,
+                                           "test": args.test_per_class},
+                            cache=out / ".download", progress=tqdm)
+    counts = {s: sum(1 for _ in (data / s).rglob("*.png")) for s in ("train", "valid", "test")}
+    print(f"    {counts['train']} train / {counts['valid']} valid / {counts['test']} test "
+          f"images in {len(demodata.CLASSES)} classes under {data}")
+
+    step(2, f"training {args.train_image} through SageMaker local mode")
+    sess = local_mode.session(out / ".containers")
+    hyperparameters = {"model": "resnet18", "pretrained": False, "epochs": args.epochs,
+                       "batch-size": 32, "test-batch-size": 128,
+                       "image-size": args.image_size, "lr": 0.002, "workers": 1}
+    tarball = local_mode.train(args.train_image, {s: data / s for s in counts},
+                               hyperparameters, out / "jobs", sess, logs=not args.quiet)
+    with tarfile.open(tarball) as tar:
+        meta = json.load(tar.extractfile("model.json"))
+    metrics = meta["metrics"]
+    print(f"    model: {tarball}")
+    print(f"    validation accuracy {metrics['valid_acc']:.3f}, "
+          f"test accuracy {metrics['test_acc']:.3f}")
+
+    step(3, f"deploying {args.serve_image} to a local endpoint")
+    predictor = local_mode.deploy(args.serve_image, tarball, sess)
+    try:
+        step(4, f"classifying {args.invoke} test photos sent as raw image bytes")
+        photos = sorted((data / "test").rglob("*.png"))
+        photos = photos[:: max(1, len(photos) // args.invoke)][: args.invoke]
+        rows, correct = [], 0
+        for i, path in enumerate(tqdm(photos, desc="invoking", unit="img")):
+            body, ctype = path.read_bytes(), "image/png"
+            if i % 2:
+                body, ctype = as_jpeg(body), "image/jpeg"
+            top = local_mode.predict(predictor, body, ctype)["predictions"]
+            truth = demodata.label_of(path)
+            correct += top[0]["label"] == truth
+            rows.append({"image": str(path.relative_to(data)), "content_type": ctype,
+                         "truth": truth, "predicted": top[0]["label"],
+                         "probability": round(top[0]["probability"], 4)})
+        width = max(len(r["truth"]) for r in rows)
+        print(f"\n    {'photo':<24} {'type':<10} {'truth':<{width}}  prediction")
+        for r in rows:
+            mark = "ok" if r["truth"] == r["predicted"] else "  "
+            print(f"    {Path(r['image']).name:<24} {r['content_type']:<10} "
+                  f"{r['truth']:<{width}}  {r['predicted']} ({r['probability']:.2f}) {mark}")
+    finally:
+        step(5, "deleting the local endpoint")
+        predictor.delete_endpoint()
+
+    summary = {"model_data": tarball, "valid_acc": metrics["valid_acc"],
+               "test_acc": metrics["test_acc"], "endpoint_acc": correct / len(rows),
+               "invocations": rows, "seconds": round(time.monotonic() - start, 1),
+               "images": counts, "hyperparameters": hyperparameters}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"""
+Done in {summary['seconds']:.0f} s.
+  model        {tarball}
+  accuracy     test {metrics['test_acc']:.3f} (training job), endpoint {summary['endpoint_acc']:.3f} on {len(rows)} photos
+  summary      {out / 'summary.json'}
+Next: run the same images on SageMaker (see README, "Running on AWS").""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
