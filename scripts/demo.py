@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import sys
 import tarfile
 import time
@@ -59,6 +60,8 @@ def as_jpeg(png: bytes) -> bytes:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Local mode warns about rootless Docker on every request; not news to a demo.
+    logging.getLogger("sagemaker.local.utils").setLevel(logging.ERROR)
     out = args.out.resolve()
     start = time.monotonic()
     local_mode.opt_out_of_telemetry(out / ".sagemaker")
@@ -123,7 +126,7 @@ Done in {summary['seconds']:.0f} s.
   model        {tarball}
   accuracy     test {metrics['test_acc']:.3f} (training job), endpoint {summary['endpoint_acc']:.3f} on {len(rows)} photos
   summary      {out / 'summary.json'}
-Next: run the same images on SageMaker (see README, "Running on AWS").""")
+Next: README.md, "Going to AWS", runs the same two images on SageMaker.""")
     return 0
 
 
