@@ -6,7 +6,7 @@ TRAIN_IMAGE ?= dogbreed-train:latest
 SERVE_IMAGE ?= dogbreed-serve:latest
 BUILD := docker/harness/build.sh
 
-.PHONY: help docker images train-image serve-image venv test unit-test demo lock clean
+.PHONY: help docker images train-image serve-image serve-image-gpu venv test unit-test demo lock clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -17,10 +17,14 @@ docker: ## make sure a Docker engine is running (installs Debian's when root)
 images: train-image serve-image ## build dogbreed-train and dogbreed-serve
 
 train-image: docker
-	$(BUILD) docker/train.Dockerfile $(TRAIN_IMAGE)
+	$(BUILD) docker/train.Dockerfile $(TRAIN_IMAGE) container_train/requirements.lock
 
 serve-image: docker
-	$(BUILD) docker/serve.Dockerfile $(SERVE_IMAGE)
+	$(BUILD) docker/serve.Dockerfile $(SERVE_IMAGE) container_serve/requirements.lock
+
+serve-image-gpu: docker ## the serving image with onnxruntime-gpu (dogbreed-serve:gpu)
+	$(BUILD) docker/serve.Dockerfile dogbreed-serve:gpu container_serve/requirements-gpu.lock \
+		--build-arg VARIANT=gpu
 
 $(VENV)/.done: tests/requirements.lock
 	$(PYTHON) -m venv $(VENV)

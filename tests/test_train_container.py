@@ -8,11 +8,10 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import TINY_HPS, docker, opt_ml, run_train
+from conftest import ROOT, TINY_HPS, docker, opt_ml, run_train
 
 METRIC_DEFS = json.loads(
-    (__import__("conftest").ROOT / "container_train" / "dogbreed_train"
-     / "metric_definitions.json").read_text())
+    (ROOT / "container_train" / "dogbreed_train" / "metric_definitions.json").read_text())
 
 
 def metric_values(log: str, name: str) -> list[float]:
@@ -56,7 +55,6 @@ def test_loss_falls(trained_model):
 def test_missing_train_channel_fails_clearly(train_image, tmp_path):
     root = opt_ml(tmp_path, TINY_HPS, per_class={})
     run = run_train(train_image, root)
-    assert run.rc != 0
     assert run.rc == 2  # input errors: 2, internal errors: 1
     assert run.failure.startswith("UserError: the required 'train' channel is missing")
 
@@ -112,3 +110,17 @@ def test_help_lists_hyperparameters(train_image):
     out = docker("run", "--rm", train_image, "python", "-m", "dogbreed_train", "--help").stdout
     for name in ("--model", "--hidden-units", "--freeze-backbone", "--weight-decay"):
         assert name in out
+
+
+def test_readme_table_matches_the_image(train_image):
+    """Every hyperparameter the image knows is in the README table, with its default."""
+    script = ("import json; from dogbreed_train.config import field_help; "
+              "print(json.dumps([[n, list(d) if isinstance(d, tuple) else d] "
+              "for n, _, d in field_help()]))")
+    known = json.loads(docker("run", "--rm", train_image, "python", "-c", script).stdout)
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z-]+)` \| `([^`]*)` \|", readme, re.M))
+    assert set(rows) == {name for name, _ in known}
+    for name, default in known:
+        shown = json.dumps(default) if isinstance(default, (bool, list)) else str(default)
+        assert rows[name] == shown, (name, rows[name], shown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import numpy as np
@@ -42,7 +43,7 @@ def _header(context, idx: int, name: str) -> str | None:
 class Service:
     def __init__(self, model_dir: str):
         self.settings = Settings.from_env()
-        workers = int(__import__("os").environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+        workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
         threads = self.settings.intra_op_threads or threads_for(workers)
         start = time.perf_counter()
         self.model = Classifier(model_dir, intra_op_threads=threads)

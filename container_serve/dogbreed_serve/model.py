@@ -30,6 +30,9 @@ class Classifier:
         self.labels: list[str] = list(meta["labels"])
         self.spec = Spec.from_dict(meta["preprocess"])
         self.input_name = meta["input_name"]
+        if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(
+                ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels (GPU variant)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1

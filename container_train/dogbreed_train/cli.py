@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     errors.clear_failure()
     try:
         raw = read_hyperparameters_file()
-        raw.update({k: v for k, v in vars(args).items()})
+        raw.update(vars(args))
         hps = config.parse(raw)
         from .train import run  # torch is imported only once the input is valid
 

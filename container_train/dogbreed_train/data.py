@@ -168,14 +168,13 @@ def train_transform(spec: Spec, augment: bool):
 
     if not augment:
         return EvalTransform(spec)
-    ops = T.Compose([
+    return T.Compose([
         T.RandomResizedCrop(spec.image_size, scale=(0.35, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
         T.ToImage(),
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(spec.mean, spec.std),
     ])
-    return ops
 
 
 class EvalTransform:

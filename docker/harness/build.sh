@@ -6,10 +6,11 @@
 # with only two build args swapped: BASE_IMAGE (a local debootstrap image, see
 # base-image.sh) and the pip package source (a local wheelhouse on 127.0.0.1).
 #
-# usage: build.sh DOCKERFILE TAG [extra docker build args...]
+# usage: build.sh DOCKERFILE TAG LOCKFILE [extra docker build args...]
+#   LOCKFILE: the lock the build installs (the offline harness serves just its files)
 #   DOGBREED_OFFLINE=auto|0|1  (default auto: offline only when the base cannot be pulled)
 set -euo pipefail
-DOCKERFILE=$1; TAG=$2; shift 2
+DOCKERFILE=$1; TAG=$2; LOCK=$3; shift 3
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 DOCKER=${DOCKER:-/usr/bin/docker}
@@ -35,8 +36,7 @@ fi
 LOCAL_BASE=${DOGBREED_LOCAL_BASE:-dogbreed-base:bookworm}
 WHEELS=${DOGBREED_WHEELHOUSE:-$ROOT/.cache/wheelhouse}
 "$HERE/base-image.sh" "$LOCAL_BASE"
-# Every lock file the Dockerfile may read: cheap when already fetched.
-"$HERE/wheelhouse.sh" "$WHEELS" container_train/requirements.lock container_serve/requirements*.lock
+"$HERE/wheelhouse.sh" "$WHEELS" "$LOCK"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 python3 -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$PORT" >/dev/null 2>&1 &

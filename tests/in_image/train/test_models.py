@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 
 from dogbreed_train.errors import UserError
 from dogbreed_train.models import BACKBONES, build_model
@@ -25,7 +26,7 @@ def test_head_layers_and_freezing():
 
 def test_weights_channel_is_used(tmp_path):
     reference = build_model("resnet18", 3, pretrained=False)
-    source = __import__("torchvision").models.resnet18()
+    source = torchvision.models.resnet18()
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
     model = build_model("resnet18", 3, pretrained=True, weights_dir=tmp_path)
     assert torch.equal(model.conv1.weight, source.conv1.weight)
@@ -34,8 +35,6 @@ def test_weights_channel_is_used(tmp_path):
 
 def test_torchvision_cache_is_used(tmp_path, monkeypatch):
     """Weights baked in at build time sit in torchvision's cache under $TORCH_HOME."""
-    import torchvision
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
     cache = tmp_path / "hub" / "checkpoints"
@@ -47,7 +46,7 @@ def test_torchvision_cache_is_used(tmp_path, monkeypatch):
 
 
 def test_wrong_weights_file(tmp_path):
-    torch.save(__import__("torchvision").models.alexnet().state_dict(),
+    torch.save(torchvision.models.alexnet().state_dict(),
                tmp_path / "resnet18.pth")
     with pytest.raises(UserError, match="do not fit resnet18"):
         build_model("resnet18", 3, pretrained=True, weights_dir=tmp_path)
