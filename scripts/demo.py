@@ -113,8 +113,9 @@ def main(argv=None) -> int:
             print(f"    {Path(r['image']).name:<24} {r['content_type']:<10} "
                   f"{r['truth']:<{width}}  {r['predicted']} ({r['probability']:.2f}) {mark}")
     finally:
-        step(5, "deleting the local endpoint")
+        step(5, "deleting the local endpoint and local mode's leftover containers")
         predictor.delete_endpoint()
+        local_mode.remove_leftovers([args.train_image, args.serve_image])
 
     summary = {"model_data": tarball, "valid_acc": metrics["valid_acc"],
                "test_acc": metrics["test_acc"], "endpoint_acc": correct / len(rows),

@@ -78,3 +78,18 @@ def predict(predictor, body: bytes, content_type: str) -> dict:
 
     predictor.serializer = IdentitySerializer(content_type=content_type)
     return predictor.predict(body)
+
+
+def remove_leftovers(images: list[str]) -> None:
+    """Local mode leaves its containers (named ...-algo-N-...) and a network behind."""
+    import shutil
+    import subprocess
+
+    docker = shutil.which("docker", path="/usr/bin") or "docker"
+    for image in images:
+        ids = subprocess.run([docker, "ps", "-aq", "--filter", f"ancestor={image}",
+                              "--filter", "name=algo-"], capture_output=True,
+                             text=True).stdout.split()
+        if ids:
+            subprocess.run([docker, "rm", "-f", *ids], capture_output=True)
+    subprocess.run([docker, "network", "rm", "sagemaker-local"], capture_output=True)

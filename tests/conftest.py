@@ -103,9 +103,6 @@ def remove_local_mode_leftovers():
     """SDK local mode leaves containers and a network behind (and a failed local test
     can leave one running, which keeps the SDK's log thread and so pytest alive)."""
     yield
-    for image in (TRAIN_IMAGE, SERVE_IMAGE):
-        ids = docker("ps", "-aq", "--filter", f"ancestor={image}", "--filter",
-                     "name=algo-", check=False).stdout.split()
-        if ids:
-            docker("rm", "-f", *ids, check=False)
-    docker("network", "rm", "sagemaker-local", check=False)
+    from sdk import remove_leftovers
+
+    remove_leftovers([TRAIN_IMAGE, SERVE_IMAGE])
