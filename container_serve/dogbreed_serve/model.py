@@ -56,7 +56,7 @@ class Classifier:
                 for i in order]
 
     def warm_up(self) -> None:
-        """Run once per batch size the server may use, so the first request is not slow."""
+        """One batch-1 inference at start-up, so the first request does not pay for it."""
         size = self.spec.image_size
         self.probabilities(np.zeros((1, 3, size, size), np.float32))
 
