@@ -6,7 +6,7 @@ TRAIN_IMAGE ?= dogbreed-train:latest
 SERVE_IMAGE ?= dogbreed-serve:latest
 BUILD := docker/harness/build.sh
 
-.PHONY: help docker images train-image serve-image serve-image-gpu venv test unit-test demo lock clean
+.PHONY: help docker images train-image serve-image serve-image-gpu venv test unit-test demo lock clean scripts-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ unit-test: $(INIMAGE_PYTEST)/.done ## unit tests inside the images (needs `make 
 test: images venv ## build everything and run the whole test suite
 	$(MAKE) unit-test
 	$(VENV)/bin/python -m pytest tests --ignore=tests/in_image
+
+scripts-test: images venv ## the AWS scripts' tests: moto, a local registry, local mode
+	$(VENV)/bin/python -m pytest tests/test_scripts_aws.py tests/test_scripts_push.py \
+		tests/test_scripts_local.py
 
 demo: images venv ## train, serve and classify locally on Fashion-MNIST (SDK local mode)
 	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demodata  # noqa: E402
-import local_mode  # noqa: E402
+import sagemaker_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     logging.getLogger("sagemaker.local.utils").setLevel(logging.ERROR)
     out = args.out.resolve()
     start = time.monotonic()
-    local_mode.opt_out_of_telemetry(out / ".sagemaker")
+    sagemaker_calls.opt_out_of_telemetry(out / ".sagemaker")
 
     step(1, "preparing Fashion-MNIST in the dog dataset's layout")
     data = demodata.prepare(out / "data", {"train": args.train_per_class,
@@ -76,11 +76,11 @@ def main(argv=None) -> int:
           f"images in {len(demodata.CLASSES)} classes under {data}")
 
     step(2, f"training {args.train_image} through SageMaker local mode")
-    sess = local_mode.session(out / ".containers")
+    sess = sagemaker_calls.session(out / ".containers")
     hyperparameters = {"model": "resnet18", "pretrained": False, "epochs": args.epochs,
                        "batch-size": 32, "test-batch-size": 128,
                        "image-size": args.image_size, "lr": 0.002, "workers": 1}
-    tarball = local_mode.train(args.train_image, {s: data / s for s in counts},
+    tarball = sagemaker_calls.train(args.train_image, {s: data / s for s in counts},
                                hyperparameters, out / "jobs", sess, logs=not args.quiet)
     with tarfile.open(tarball) as tar:
         meta = json.load(tar.extractfile("model.json"))
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
           f"test accuracy {metrics['test_acc']:.3f}")
 
     step(3, f"deploying {args.serve_image} to a local endpoint")
-    predictor = local_mode.deploy(args.serve_image, tarball, sess)
+    predictor = sagemaker_calls.deploy(args.serve_image, tarball, sess)
     try:
         step(4, f"classifying {args.invoke} test photos sent as raw image bytes")
         photos = sorted((data / "test").rglob("*.png"))
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             body, ctype = path.read_bytes(), "image/png"
             if i % 2:
                 body, ctype = as_jpeg(body), "image/jpeg"
-            top = local_mode.predict(predictor, body, ctype)["predictions"]
+            top = sagemaker_calls.predict(predictor, body, ctype)["predictions"]
             truth = demodata.label_of(path)
             correct += top[0]["label"] == truth
             rows.append({"image": str(path.relative_to(data)), "content_type": ctype,
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     finally:
         step(5, "deleting the local endpoint and local mode's leftover containers")
         predictor.delete_endpoint()
-        local_mode.remove_leftovers([args.train_image, args.serve_image])
+        sagemaker_calls.remove_leftovers([args.train_image, args.serve_image])
 
     summary = {"model_data": tarball, "valid_acc": metrics["valid_acc"],
                "test_acc": metrics["test_acc"], "endpoint_acc": correct / len(rows),

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""train: a SageMaker training job with Debugger rules and the profiler.
+
+    scripts/train.py                               # best.json from tune.py, if any
+    scripts/train.py --hp model=resnet50 --hp epochs=8 --hp lr=0.0005
+    scripts/train.py --spot --max-wait 14400       # managed spot, checkpoints in S3
+    scripts/train.py --detach                      # start and return
+    scripts/train.py --report JOB                  # rules, metrics, artifacts of a job
+    scripts/train.py --local --data ~/dogImages --hp epochs=1   # no AWS account
+
+Hyperparameters come from --hyperparameters FILE (tune.py's best.json or a plain
+JSON object), else from the last tuning report, then --hp overrides. The job gets
+the Debugger hook configuration and the built-in rules vanishing_gradient, overfit,
+overtraining, poor_weight_initialization and loss_not_decreasing, plus the profiler
+(system metrics every 500 ms) and its ProfilerReport rule. At the end it prints the
+rules' statuses, the final metrics, and where the model and the profiler report are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import settings  # noqa: E402
+from settings import ConfigError  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--hyperparameters", type=Path, metavar="FILE",
+                   help="best.json from tune.py, or a JSON object of hyperparameters")
+    p.add_argument("--hp", action="append", metavar="NAME=VALUE",
+                   help="set one hyperparameter (overrides the file); repeatable")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--max-run", type=int, default=8 * 3600,
+                   help="seconds the job may run (default: %(default)s)")
+    p.add_argument("--spot", action="store_true", help="managed spot training")
+    p.add_argument("--max-wait", type=int,
+                   help="with --spot: seconds to wait for spot capacity plus run time "
+                        "(default: twice --max-run)")
+    p.add_argument("--checkpoint-s3-uri",
+                   help="where /opt/ml/checkpoints is synced (default with --spot: "
+                        "s3://BUCKET/PREFIX/checkpoints/JOB)")
+    p.add_argument("--no-debugger", action="store_true", help="no hook config, no rules")
+    p.add_argument("--no-profiler", action="store_true", help="no profiler, no report")
+    p.add_argument("--data", help="S3 prefix with train/ valid/ test/ (default: what "
+                                  "data.py uploaded); with --local, a local folder")
+    p.add_argument("--image-uri", help="training image URI (default: from the registry settings)")
+    p.add_argument("--job-name", help="default: dogbreed-train-YYYYMMDD-HHMMSS")
+    p.add_argument("--detach", action="store_true", help="start the job and return")
+    p.add_argument("--report", metavar="JOB", help="only print the summary of a job "
+                                                   "(waits for it to end)")
+    p.add_argument("--local", action="store_true",
+                   help="SageMaker local mode with the local image, no AWS account")
+    p.add_argument("--quiet", action="store_true", help="don't stream the training log")
+    settings.add_arguments(p, ["region", "profile", "role", "bucket", "prefix", "registry",
+                               "train_repository", "tag", "local_train_image",
+                               "train_instance_type", "workdir"])
+    return p.parse_args(argv)
+
+
+def hyperparameters(args: argparse.Namespace, cfg) -> dict[str, str]:
+    path = args.hyperparameters
+    if path is None and settings.load_state(cfg).get("best_hyperparameters"):
+        path = Path(settings.load_state(cfg)["best_hyperparameters"])
+    hps: dict[str, str] = {}
+    if path is not None:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--hyperparameters {path}: {exc}") from None
+        hps = doc.get("hyperparameters", doc) if isinstance(doc, dict) else None
+        if not isinstance(hps, dict):
+            raise ConfigError(f"{path} holds no JSON object of hyperparameters")
+        print(f"==> hyperparameters from {path}")
+    hps = {str(k): str(v) for k, v in hps.items()}
+    hps.update(settings.parse_pairs(args.hp, "--hp"))
+    return hps
+
+
+def summary(description: dict) -> str:
+    """Status, rules, final metrics and artifact locations of a training job."""
+    name = description["TrainingJobName"]
+    lines = [f"training job {name}: {description['TrainingJobStatus']}"
+             f" ({description.get('SecondaryStatus', '')})"]
+    if description.get("FailureReason"):
+        lines.append(f"  failure: {description['FailureReason']}")
+    rules = (description.get("DebugRuleEvaluationStatuses") or []) + \
+        (description.get("ProfilerRuleEvaluationStatuses") or [])
+    if rules:
+        lines.append("  rules:")
+        for r in rules:
+            detail = f" - {r['StatusDetails']}" if r.get("StatusDetails") else ""
+            lines.append(f"    {r['RuleConfigurationName']:<28} "
+                         f"{r.get('RuleEvaluationStatus', '?')}{detail}")
+        if any(r.get("RuleEvaluationStatus") == "InProgress" for r in rules):
+            lines.append(f"    (rules run on after the job; later: scripts/train.py "
+                         f"--report {name})")
+    metrics = description.get("FinalMetricDataList") or []
+    if metrics:
+        lines.append("  final metrics:")
+        lines += [f"    {m['MetricName']:<16} {m['Value']:.4f}" for m in metrics]
+    model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if model:
+        lines.append(f"  model:            {model}")
+    out = description.get("OutputDataConfig", {}).get("S3OutputPath", "").rstrip("/")
+    profiler = [r["RuleConfigurationName"] for r in
+                description.get("ProfilerRuleEvaluationStatuses") or []
+                if r["RuleConfigurationName"].startswith("ProfilerReport")]
+    if profiler and out:
+        lines.append(f"  profiler report:  {out}/{name}/rule-output/{profiler[0]}/"
+                     "profiler-output/profiler-report.html")
+    if description.get("ProfilerConfig", {}).get("S3OutputPath"):
+        lines.append(f"  profiler data:    {description['ProfilerConfig']['S3OutputPath']}"
+                     f"/{name}/profiler-output")
+    if description.get("DebugHookConfig", {}).get("S3OutputPath"):
+        lines.append(f"  debugger tensors: {description['DebugHookConfig']['S3OutputPath']}"
+                     f"/{name}/debug-output")
+    if description.get("CheckpointConfig", {}).get("S3Uri"):
+        lines.append(f"  checkpoints:      {description['CheckpointConfig']['S3Uri']}")
+    if description.get("EnableManagedSpotTraining"):
+        lines.append(f"  spot: billable {description.get('BillableTimeInSeconds', '?')} s "
+                     f"of {description.get('TrainingTimeInSeconds', '?')} s")
+    return "\n".join(lines)
+
+
+def train_local(args: argparse.Namespace, cfg) -> int:
+    import data as data_step
+    import sagemaker_calls
+
+    if not args.data:
+        raise ConfigError("--local needs --data DIR (a folder with train/ valid/ test/)")
+    root = data_step.find_root(Path(args.data).expanduser().resolve())
+    layout = data_step.check_layout(root)
+    workdir = Path(cfg.workdir).resolve()
+    sagemaker_calls.opt_out_of_telemetry(workdir / ".sagemaker")
+    hps = hyperparameters(args, cfg)
+    image = cfg.local_train_image
+    print(f"==> local training job with {image}, hyperparameters {json.dumps(hps)}",
+          flush=True)
+    sess = sagemaker_calls.session(workdir / ".local-containers")
+    try:
+        tarball = sagemaker_calls.train(image, {s: root / s for s in layout.files}, hps,
+                                        workdir / "local-jobs", sess, logs=not args.quiet)
+    finally:
+        sagemaker_calls.remove_local_containers(workdir / ".local-containers")
+    with tarfile.open(tarball) as tar:
+        meta = json.load(tar.extractfile("model.json"))
+    settings.save_state(cfg, local_model=tarball)
+    print(f"\nlocal training job done\n  model:   {tarball}")
+    for key, value in sorted(meta.get("metrics", {}).items()):
+        if isinstance(value, (int, float)):
+            print(f"  {key:<14} {value:.4f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = settings.resolve(args)
+    if args.local:
+        return train_local(args, cfg)
+
+    session = settings.boto_session(cfg)
+    if not args.report:
+        settings.require(cfg, "role")
+    import sagemaker_calls
+
+    sagemaker_calls.opt_out_of_telemetry(Path(cfg.workdir) / ".sagemaker")
+    sm = sagemaker_calls.aws_session(session)
+    if args.report:
+        description = sagemaker_calls.follow_training_job(sm, args.report, logs=False)
+        print(summary(description))
+        return 0 if description["TrainingJobStatus"] == "Completed" else 1
+
+    if not cfg.bucket:
+        cfg["bucket"] = sagemaker_calls.default_bucket(sm)
+    hps = hyperparameters(args, cfg)
+    image = args.image_uri or settings.image_uri(cfg, session, "train")
+    channels = settings.channels(cfg, args.data)
+    job = args.job_name or time.strftime("dogbreed-train-%Y%m%d-%H%M%S", time.gmtime())
+    checkpoint = args.checkpoint_s3_uri or (cfg.s3("checkpoints", job) if args.spot else None)
+    est = sagemaker_calls.estimator(
+        sm, image, cfg.role, cfg.train_instance_type, args.instance_count, hps,
+        cfg.s3("training-output"), settings.metric_definitions(),
+        debugger=not args.no_debugger, profiler=not args.no_profiler, spot=args.spot,
+        max_run=args.max_run, max_wait=args.max_wait or (2 * args.max_run if args.spot
+                                                         else None),
+        checkpoint_s3_uri=checkpoint)
+    print(f"==> training job {job}: {image} on {args.instance_count} x "
+          f"{cfg.train_instance_type}{' (spot)' if args.spot else ''}")
+    print(f"    hyperparameters {json.dumps(hps)}")
+    print(f"    channels {json.dumps(channels)}", flush=True)
+    settings.save_state(cfg, training_job=job)
+    try:
+        sagemaker_calls.fit(est, channels, wait=not args.detach, logs=not args.quiet,
+                            job_name=job)
+    except Exception:
+        try:  # say what SageMaker knows about the job, then the error line
+            print(summary(sagemaker_calls.describe_training_job(sm, job)))
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+        raise
+    if args.detach:
+        print(f"detached; later: scripts/train.py --report {job}")
+        return 0
+    description = sagemaker_calls.describe_training_job(sm, job)
+    print("\n" + summary(description))
+    model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if model:
+        settings.save_state(cfg, model_data=model)
+    return 0
+
+
+if __name__ == "__main__":
+    settings.run(main)

@@ -1,0 +1,585 @@
+"""The AWS scripts against a moto server: what each one sends, over real HTTP.
+
+Every script runs as a subprocess, as a user runs it, with AWS_ENDPOINT_URL pointing
+at a moto server that records each request. The tests assert on the requests'
+content (image URIs, hyperparameters and ranges, metric definitions, objective,
+Debugger rules and profiler settings, spot and checkpoints, instance types,
+deletion order) and on what the scripts print.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+from aws_stand_in import (
+    BUCKET,
+    ECR,
+    REGION,
+    ROLE,
+    SCRIPTS,
+    RecordingMotoServer,
+    explain,
+    run_script,
+    script_env,
+)
+from synthetic import make_dataset
+
+sys.path.insert(0, str(SCRIPTS))
+import settings  # noqa: E402
+import tune as tune_script  # noqa: E402
+
+METRIC_DEFS = json.loads(settings.METRIC_DEFINITIONS.read_text())
+STEPS = ["push", "data", "tune", "train", "deploy", "invoke", "cleanup"]
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    server = RecordingMotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, tmp_path):
+    """A clean moto with the bucket, and a runner for scripts pointed at it."""
+    moto_server.reset()
+    boto3.client("s3", endpoint_url=moto_server.url, region_name=REGION,
+                 aws_access_key_id="testing", aws_secret_access_key="testing"
+                 ).create_bucket(Bucket=BUCKET)
+    moto_server.requests.clear()
+    work = tmp_path / "work"
+    env = script_env(moto_server.url, work)
+
+    class Runner:
+        server = moto_server
+        workdir = work
+
+        @staticmethod
+        def run(name, *args, ok=True, **extra_env):
+            proc = run_script(name, *args, env={**env, **extra_env}, cwd=tmp_path)
+            if ok:
+                assert proc.returncode == 0, explain(proc)
+            return proc
+
+        @staticmethod
+        def client(service):
+            return boto3.client(service, endpoint_url=moto_server.url, region_name=REGION,
+                                aws_access_key_id="testing", aws_secret_access_key="testing")
+
+        @staticmethod
+        def state():
+            return json.loads((work / "state.json").read_text())
+
+    return Runner
+
+
+# --- every step: --help and readable errors ----------------------------------------
+
+@pytest.mark.parametrize("step", STEPS)
+def test_every_step_has_help(step, tmp_path):
+    proc = run_script(step, "--help", env=script_env(None, tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.startswith("usage:") and "--config" in proc.stdout
+    assert f"scripts/{step}.py" in proc.stdout  # the examples
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode != 0, explain(proc)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("step,args", [("train", []), ("tune", []), ("deploy", [
+    "--model-data", "s3://b/m.tar.gz"]), ("push", ["--no-build", "--local-serve-image", "no-such-image:x"]), ("cleanup", [
+        "--endpoint", "x"]), ("invoke", ["--endpoint", "x", "IMAGES"]), ("data", [
+        "--source", "DATA"])])
+def test_missing_credentials_region_and_role_say_so(step, args, tmp_path):
+    # invoke and data need real files to get as far as AWS
+    data = make_dataset(tmp_path / "d", {"train": 1, "test": 1})
+    args = [{"IMAGES": str(data / "test"), "DATA": str(data)}.get(a, a) for a in args]
+    no_creds = script_env(None, tmp_path, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None)
+    line = one_error_line(run_script(step, *args, env=no_creds, cwd=tmp_path))
+    assert "no AWS credentials found" in line and "aws configure" in line
+
+    no_region = script_env(None, tmp_path, AWS_DEFAULT_REGION=None)
+    line = one_error_line(run_script(step, *args, env=no_region, cwd=tmp_path))
+    assert "no AWS region given" in line and "--region" in line and "$AWS_REGION" in line
+
+    if step in ("train", "tune", "deploy"):
+        no_role = script_env("http://127.0.0.1:9", tmp_path, DOGBREED_ROLE=None)
+        line = one_error_line(run_script(step, *args, env=no_role, cwd=tmp_path))
+        assert "no SageMaker execution role ARN given" in line and "--role" in line
+
+
+def test_bad_role_and_config_file_errors(tmp_path):
+    env = script_env("http://127.0.0.1:9", tmp_path)
+    line = one_error_line(run_script("train", "--role", "MyRole", env=env, cwd=tmp_path))
+    assert "'MyRole' is not an IAM role ARN" in line
+    (tmp_path / "dogbreed.toml").write_text('regoin = "eu-west-1"\n')
+    line = one_error_line(run_script("train", env=env, cwd=tmp_path))
+    assert "unknown key(s) regoin" in line
+
+
+def test_settings_precedence_flag_env_file(tmp_path, monkeypatch):
+    import argparse
+
+    config = tmp_path / "c.toml"
+    config.write_text('region = "eu-west-1"\nbucket = "from-file"\nprefix = "file-prefix"\n'
+                      'train-instance-type = "ml.p3.2xlarge"\n')
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser, ["region", "bucket", "prefix", "train_instance_type",
+                                    "serve_instance_type"])
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "DOGBREED_BUCKET", "DOGBREED_PREFIX",
+                "DOGBREED_TRAIN_INSTANCE_TYPE", "DOGBREED_SERVE_INSTANCE_TYPE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DOGBREED_BUCKET", "from-env")
+    monkeypatch.setenv("DOGBREED_PREFIX", "env-prefix")
+    cfg = settings.resolve(parser.parse_args(["--config", str(config),
+                                              "--prefix", "flag-prefix"]))
+    assert cfg.prefix == "flag-prefix"            # flag beats env and file
+    assert cfg.bucket == "from-env"               # env beats file
+    assert cfg.region == "eu-west-1"              # file beats default
+    assert cfg.train_instance_type == "ml.p3.2xlarge"
+    assert cfg.serve_instance_type == "ml.m5.large"  # default
+    assert cfg.s3("data", "train") == "s3://from-env/flag-prefix/data/train"
+
+
+# --- data -----------------------------------------------------------------------------
+
+def s3_keys(aws) -> dict[str, int]:
+    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return {o["Key"]: o["Size"] for p in pages for o in p.get("Contents", [])}
+
+
+def test_data_checks_uploads_and_skips_what_is_there(aws, tmp_path):
+    data = make_dataset(tmp_path / "dogImages", {"train": 3, "valid": 1, "test": 1})
+    proc = aws.run("data", "--source", str(data))
+    local = {f"dogbreed/data/{p.relative_to(data).as_posix()}": p.stat().st_size
+             for p in data.rglob("*") if p.is_file()}
+    assert s3_keys(aws) == local and len(local) == 15
+    assert re.search(r"train +9 images in 3 classes", proc.stdout)
+    assert "uploading" in proc.stderr  # tqdm's bar
+    assert aws.state()["channels"] == {
+        s: f"s3://{BUCKET}/dogbreed/data/{s}" for s in ("train", "valid", "test")}
+    puts = [r for r in aws.server.requests if r.method == "PUT"]
+    assert len(puts) == 15
+
+    # A second run sends only what is new or changed.
+    aws.server.requests.clear()
+    extra = data / "train" / "001.Red_stripes" / "new.jpg"
+    extra.write_bytes((data / "train" / "001.Red_stripes" / "000.jpg").read_bytes())
+    proc = aws.run("data", "--source", str(data))
+    assert "15 files already in" in proc.stdout
+    assert [r.path for r in aws.server.requests if r.method == "PUT"] == [
+        f"/{BUCKET}/dogbreed/data/train/001.Red_stripes/new.jpg"]
+
+
+def test_data_downloads_a_zip_over_http(aws, tmp_path):
+    src = make_dataset(tmp_path / "src" / "dogImages", {"train": 2, "valid": 1, "test": 1})
+    site = tmp_path / "site"
+    site.mkdir()
+    with zipfile.ZipFile(site / "dogImages.zip", "w") as z:
+        for p in sorted(src.rglob("*")):
+            z.write(p, p.relative_to(src.parent).as_posix())
+    http = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler,
+                                                         directory=str(site)))
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{http.server_port}/dogImages.zip"
+        proc = aws.run("data", "--source", url, "--prefix", "zipped")
+    finally:
+        http.shutdown()
+    assert f"downloading {url}" in proc.stdout
+    assert (aws.workdir / "dogImages.zip").stat().st_size == (site / "dogImages.zip").stat().st_size
+    assert sorted(k for k in s3_keys(aws)) == sorted(
+        f"zipped/data/{p.relative_to(src).as_posix()}" for p in src.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("no-train", "has no train/ folder"),
+    ("loose-file", "has files outside class folders"),
+    ("unknown-class", "has classes that train lacks: 004.Purple"),
+    ("empty-class", "class folder(s) without images: 004.Purple"),
+])
+def test_data_rejects_a_bad_layout(aws, tmp_path, breakage, message):
+    data = make_dataset(tmp_path / "d", {"train": 2, "valid": 1})
+    if breakage == "no-train":
+        (data / "train").rename(data / "training")
+    elif breakage == "loose-file":
+        (data / "train" / "x.jpg").write_bytes(b"x")
+    elif breakage == "unknown-class":
+        (data / "valid" / "004.Purple").mkdir()
+        (data / "valid" / "004.Purple" / "a.jpg").write_bytes(b"x")
+    else:
+        (data / "train" / "004.Purple").mkdir()
+    proc = aws.run("data", "--source", str(data), ok=False)
+    line = one_error_line(proc)
+    assert message in line, line
+    assert not [r for r in aws.server.requests if r.method == "PUT"]
+
+
+# --- tune -----------------------------------------------------------------------------
+
+def ranges_by_name(config: dict) -> dict[str, dict]:
+    out = {}
+    for kind, ranges in config["ParameterRanges"].items():
+        for r in ranges:
+            out[r["Name"]] = {"kind": kind, **{k: v for k, v in r.items() if k != "Name"}}
+    return out
+
+
+def test_tune_sends_default_ranges_objective_and_published_regexes(aws):
+    proc = aws.run("tune", "--detach", "--max-jobs", "6", "--max-parallel-jobs", "3")
+    [request] = aws.server.calls("CreateHyperParameterTuningJob")
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Bayesian"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize",
+                                                          "MetricName": "valid:accuracy"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6,
+                                        "MaxParallelTrainingJobs": 3}
+    assert ranges_by_name(config) == {
+        "lr": {"kind": "ContinuousParameterRanges", "MinValue": "0.0001", "MaxValue": "0.1",
+               "ScalingType": "Logarithmic"},
+        "eps": {"kind": "ContinuousParameterRanges", "MinValue": "1e-09",
+                "MaxValue": "1e-08", "ScalingType": "Logarithmic"},
+        "weight-decay": {"kind": "ContinuousParameterRanges", "MinValue": "0.001",
+                         "MaxValue": "0.1", "ScalingType": "Logarithmic"},
+        "batch-size": {"kind": "CategoricalParameterRanges", "Values": ["64", "128", "256"]},
+        "epochs": {"kind": "IntegerParameterRanges", "MinValue": "2", "MaxValue": "10",
+                   "ScalingType": "Auto"},
+        "model": {"kind": "CategoricalParameterRanges",
+                  "Values": ["resnet18", "resnet50", "vgg16", "alexnet"]},
+    }
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == \
+        f"{ECR}/dogbreed-train:latest"
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFS
+    assert definition["RoleArn"] == ROLE
+    assert definition["HyperParameterTuningResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in definition["InputDataConfig"]} == {
+        c: f"s3://{BUCKET}/dogbreed/data/{c}" for c in ("train", "valid", "test")}
+    assert definition["OutputDataConfig"]["S3OutputPath"] == \
+        f"s3://{BUCKET}/dogbreed/tuning-output"
+    job = request["HyperParameterTuningJobName"]
+    assert f"scripts/tune.py --report {job}" in proc.stdout
+    assert aws.state()["tuning_job"] == job
+    # moto stored what was sent
+    stored = aws.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=job)
+    assert stored["HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
+
+
+def test_tune_overrides_ranges_static_values_and_settings(aws):
+    aws.run("tune", "--detach", "--range", "lr=cont:0.001:0.01", "--range", "eps=off",
+            "--range", "model=cat:resnet50,vgg16", "--range", "epochs=int:3:5:log",
+            "--range", "dropout=cont:0.1:0.5", "--static", "pretrained=false",
+            "--static", "image-size=128", "--strategy", "Random", "--objective", "valid:loss",
+            "--train-instance-type", "ml.g5.2xlarge", "--tag", "v7",
+            "--data", "s3://elsewhere/pics")
+    [request] = aws.server.calls("CreateHyperParameterTuningJob")
+    config = request["HyperParameterTuningJobConfig"]
+    ranges = ranges_by_name(config)
+    assert set(ranges) == {"lr", "weight-decay", "batch-size", "epochs", "model", "dropout"}
+    assert ranges["lr"] == {"kind": "ContinuousParameterRanges", "MinValue": "0.001",
+                            "MaxValue": "0.01", "ScalingType": "Auto"}
+    assert ranges["epochs"]["ScalingType"] == "Logarithmic"
+    assert ranges["model"]["Values"] == ["resnet50", "vgg16"]
+    assert config["Strategy"] == "Random"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize",
+                                                          "MetricName": "valid:loss"}
+    definition = request["TrainingJobDefinition"]
+    static = {k: v for k, v in definition["StaticHyperParameters"].items()
+              if not k.startswith("_")}
+    assert {k: v.strip('"') for k, v in static.items()} == {"pretrained": "false",
+                                                            "image-size": "128"}
+    assert definition["HyperParameterTuningResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == f"{ECR}/dogbreed-train:v7"
+    assert definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == \
+        "s3://elsewhere/pics/train"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--objective", "valid:f1"], "not a metric the training image logs"),
+    (["--range", "lr=cont:1:0.1"], "LOW must be below HIGH"),
+    (["--range", "lr=0.1:1"], "expected cont:LOW:HIGH"),
+    (["--range", "lr=cont:0:1:log"], "a log scale needs LOW > 0"),
+    (["--static", "lr=0.1"], "both static and tuned"),
+])
+def test_tune_rejects_bad_input_before_calling_aws(aws, args, message):
+    line = one_error_line(aws.run("tune", "--detach", *args, ok=False))
+    assert message in line
+    assert not aws.server.calls("CreateHyperParameterTuningJob")
+
+
+def test_tuner_regexes_read_the_real_training_log(aws, trained_model):
+    """The regexes the tuning job was sent, applied to the training image's real log."""
+    aws.run("tune", "--detach")
+    [request] = aws.server.calls("CreateHyperParameterTuningJob")
+    sent = request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    objective = request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
+    regex = next(d["Regex"] for d in sent if d["Name"] == objective["MetricName"])
+    found = [float(v) for v in re.findall(regex, trained_model.log)]
+    recorded = json.loads((trained_model.root / "output" / "data" / "metrics.json").read_text())
+    # one value per epoch, and the ones the job itself recorded
+    assert found == pytest.approx([h["valid_acc"] for h in recorded["history"]], abs=1e-4)
+    assert len(found) == int(json.loads((trained_model.root / "input" / "config" /
+                                         "hyperparameters.json").read_text())["epochs"])
+    for d in sent:  # every published metric is read at least once, as a number
+        assert re.findall(d["Regex"], trained_model.log), d
+
+
+def trial(name, status, value, created, **tuned):
+    summary = {"TrainingJobName": name, "TrainingJobStatus": status, "CreationTime": created,
+               "TunedHyperParameters": {k: json.dumps(v) if isinstance(v, str) else str(v)
+                                        for k, v in tuned.items()}}
+    if value is not None:
+        summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+            "MetricName": "valid:accuracy", "Value": value}
+    return summary
+
+
+def test_tuning_report_table_best_json_and_plot(aws, tmp_path):
+    """The report of a tuning job moto stored; trials shaped as the API returns them
+    (moto does not implement ListTrainingJobsForHyperParameterTuningJob)."""
+    import tuning_report
+
+    aws.run("tune", "--detach", "--static", "pretrained=true", "--range", "eps=off",
+            "--range", "weight-decay=off", "--range", "epochs=off")
+    job = aws.state()["tuning_job"]
+    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=job)
+    trials = [
+        trial("t-003", "Completed", 0.61, "2026-01-01T00:03", lr=0.002, **{"batch-size": "64"},
+              model="vgg16"),
+        trial("t-001", "Completed", 0.72, "2026-01-01T00:01", lr=0.0004,
+              **{"batch-size": "128"}, model="resnet50"),
+        trial("t-002", "Failed", None, "2026-01-01T00:02", lr=0.05, **{"batch-size": "256"},
+              model="alexnet"),
+        trial("t-004", "Stopped", 0.95, "2026-01-01T00:04", lr=0.01, **{"batch-size": "64"},
+              model="resnet18"),
+    ]
+    result = tuning_report.write(description, trials, tmp_path / "report")
+    best = json.loads(Path(result["best"]).read_text())
+    assert best["training_job"] == "t-001"  # best *completed* trial
+    assert best["objective"] == {"name": "valid:accuracy", "type": "Maximize", "value": 0.72}
+    assert best["hyperparameters"] == {"pretrained": "true", "lr": "0.0004",
+                                       "batch-size": "128", "model": "resnet50"}
+    rows = (tmp_path / "report" / "trials.csv").read_text().splitlines()
+    assert rows[0] == "training_job,status,objective,batch-size,model,lr"
+    assert [r.split(",")[:2] for r in rows[1:]] == [["t-001", "Completed"], ["t-002", "Failed"],
+                                                   ["t-003", "Completed"], ["t-004", "Stopped"]]
+    png = Path(result["plot"]).read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    minimize = {**description, "HyperParameterTuningJobConfig": {
+        **description["HyperParameterTuningJobConfig"],
+        "HyperParameterTuningJobObjective": {"Type": "Minimize",
+                                             "MetricName": "valid:accuracy"}}}
+    assert tuning_report.best(trials, "Minimize")["TrainingJobName"] == "t-003"
+    assert tuning_report.write(minimize, trials, tmp_path / "r2")["best"]
+
+    # train.py takes best.json as it is
+    aws.run("train", "--hyperparameters", result["best"], "--detach", "--hp", "epochs=3")
+    [sent] = aws.server.calls("CreateTrainingJob")
+    assert {k: v.strip('"') for k, v in sent["HyperParameters"].items()} == {
+        "pretrained": "true", "lr": "0.0004", "batch-size": "128", "model": "resnet50",
+        "epochs": "3"}
+
+
+def test_default_ranges_cover_what_the_source_projects_tuned():
+    r = tune_script.DEFAULT_RANGES
+    low, high, _ = r["lr"][1]
+    assert low <= 0.001 and high >= 0.1           # "lr: ContinuousParameter(0.001, 0.1)"
+    assert r["eps"][1][:2] == [1e-9, 1e-8]        # "Epsilon (eps): 1e-09 to 1e-08"
+    assert {"64", "128", "256"} <= set(r["batch-size"][1])
+    assert r["epochs"][1][0] <= 2 and r["epochs"][1][1] >= 10   # 2/4/6 and 5/7/10
+    assert {"resnet18", "resnet50", "vgg16", "alexnet"} <= set(r["model"][1])
+    assert r["weight-decay"][0] == "continuous"
+
+
+# --- train ----------------------------------------------------------------------------
+
+RULES = {"VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization",
+         "LossNotDecreasing"}
+
+
+def test_train_sends_debugger_rules_profiler_and_metrics(aws):
+    proc = aws.run("train", "--hp", "model=resnet50", "--hp", "epochs=4", "--quiet",
+                   "--job-name", "dogbreed-train-test-1")
+    [sent] = aws.server.calls("CreateTrainingJob")
+    assert sent["TrainingJobName"] == "dogbreed-train-test-1"
+    assert sent["AlgorithmSpecification"]["TrainingImage"] == f"{ECR}/dogbreed-train:latest"
+    assert sent["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFS
+    assert {k: v.strip('"') for k, v in sent["HyperParameters"].items()} == {
+        "model": "resnet50", "epochs": "4"}
+    assert sent["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    assert sent["RoleArn"] == ROLE
+    hook = sent["DebugHookConfig"]
+    assert hook["S3OutputPath"] == f"s3://{BUCKET}/dogbreed/training-output/debug"
+    assert {c["CollectionName"] for c in hook["CollectionConfigurations"]} >= {
+        "losses", "gradients", "weights"}
+    rules = {r["RuleConfigurationName"]: r for r in sent["DebugRuleConfigurations"]}
+    assert set(rules) == RULES
+    for rule in rules.values():
+        assert rule["RuleEvaluatorImage"].endswith(".amazonaws.com/sagemaker-debugger-rules:latest")
+        assert rule["RuleParameters"]["rule_to_invoke"] in RULES
+    assert sent["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert sent["ProfilerConfig"]["S3OutputPath"] == \
+        f"s3://{BUCKET}/dogbreed/training-output/profiler"
+    [report] = sent["ProfilerRuleConfigurations"]
+    assert report["RuleConfigurationName"] == "ProfilerReport"
+    assert report["RuleParameters"]["rule_to_invoke"] == "ProfilerReport"
+    assert "EnableManagedSpotTraining" not in sent and "CheckpointConfig" not in sent
+    # the end-of-job summary, from what the service reports
+    assert "training job dogbreed-train-test-1: Completed" in proc.stdout
+    model = f"s3://{BUCKET}/dogbreed/training-output/dogbreed-train-test-1/output/model.tar.gz"
+    assert f"model:            {model}" in proc.stdout
+    assert aws.state()["model_data"] == model
+
+
+def test_train_spot_with_checkpoints(aws):
+    aws.run("train", "--spot", "--max-run", "3600", "--detach", "--no-profiler",
+            "--train-instance-type", "ml.p3.2xlarge", "--job-name", "dogbreed-train-spot")
+    [sent] = aws.server.calls("CreateTrainingJob")
+    assert sent["EnableManagedSpotTraining"] is True
+    assert sent["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600,
+                                         "MaxWaitTimeInSeconds": 7200}
+    assert sent["CheckpointConfig"]["S3Uri"] == \
+        f"s3://{BUCKET}/dogbreed/checkpoints/dogbreed-train-spot"
+    assert sent["ResourceConfig"]["InstanceType"] == "ml.p3.2xlarge"
+    assert "ProfilerRuleConfigurations" not in sent
+    assert sent["ProfilerConfig"].get("DisableProfiler") is True
+    aws.server.requests.clear()
+    aws.run("train", "--spot", "--checkpoint-s3-uri", "s3://ck/points", "--max-wait", "9000",
+            "--detach")
+    [sent] = aws.server.calls("CreateTrainingJob")
+    assert sent["CheckpointConfig"]["S3Uri"] == "s3://ck/points"
+    assert sent["StoppingCondition"]["MaxWaitTimeInSeconds"] == 9000
+
+
+def test_train_summary_names_rules_metrics_and_reports():
+    import train as train_script
+
+    text = train_script.summary({
+        "TrainingJobName": "j1", "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+        "DebugRuleEvaluationStatuses": [
+            {"RuleConfigurationName": "Overfit", "RuleEvaluationStatus": "NoIssuesFound"},
+            {"RuleConfigurationName": "VanishingGradient",
+             "RuleEvaluationStatus": "IssuesFound", "StatusDetails": "gradients < 1e-7"}],
+        "ProfilerRuleEvaluationStatuses": [
+            {"RuleConfigurationName": "ProfilerReport", "RuleEvaluationStatus": "InProgress"}],
+        "FinalMetricDataList": [{"MetricName": "valid:accuracy", "Value": 0.8123}],
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://b/out/j1/output/model.tar.gz"},
+        "OutputDataConfig": {"S3OutputPath": "s3://b/out"},
+        "ProfilerConfig": {"S3OutputPath": "s3://b/prof"}})
+    assert "VanishingGradient            IssuesFound - gradients < 1e-7" in text
+    assert "valid:accuracy   0.8123" in text
+    assert "later: scripts/train.py --report j1" in text  # ProfilerReport still running
+    assert ("profiler report:  s3://b/out/j1/rule-output/ProfilerReport/profiler-output/"
+            "profiler-report.html") in text
+
+
+# --- deploy, batch transform, cleanup -----------------------------------------------
+
+MODEL = f"s3://{BUCKET}/dogbreed/training-output/job/output/model.tar.gz"
+
+
+def test_deploy_endpoint_with_autoscaling_then_cleanup_in_order(aws):
+    proc = aws.run("deploy", "--model-data", MODEL, "--endpoint-name", "dogbreed-ep",
+                   "--instance-count", "2", "--serve-instance-type", "ml.c5.xlarge",
+                   "--autoscale", "2:5", "--target-invocations", "250", "--poll", "1",
+                   "--tag", "v2")
+    [model] = aws.server.calls("CreateModel")
+    assert model["ModelName"] == "dogbreed-ep"
+    assert model["PrimaryContainer"]["Image"] == f"{ECR}/dogbreed-serve:v2"
+    assert model["PrimaryContainer"]["ModelDataUrl"] == MODEL
+    assert model["ExecutionRoleArn"] == ROLE
+    [config] = aws.server.calls("CreateEndpointConfig")
+    [variant] = config["ProductionVariants"]
+    assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == \
+        ("dogbreed-ep", "ml.c5.xlarge", 2)
+    [endpoint] = aws.server.calls("CreateEndpoint")
+    assert (endpoint["EndpointName"], endpoint["EndpointConfigName"]) == ("dogbreed-ep",
+                                                                          "dogbreed-ep")
+    [target] = aws.server.calls("RegisterScalableTarget")
+    assert target == {"ServiceNamespace": "sagemaker",
+                      "ResourceId": "endpoint/dogbreed-ep/variant/AllTraffic",
+                      "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+                      "MinCapacity": 2, "MaxCapacity": 5}
+    [policy] = aws.server.calls("PutScalingPolicy")
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert tracking["TargetValue"] == 250.0
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == \
+        "SageMakerVariantInvocationsPerInstance"
+    assert "endpoint dogbreed-ep is in service" in proc.stdout
+    assert aws.state()["endpoint"] == "dogbreed-ep"
+
+    aws.server.requests.clear()
+    proc = aws.run("cleanup", "--poll", "1")
+    ops = [op for op in aws.server.operations() if op.startswith(("Delete", "Deregister"))]
+    assert ops == ["DeleteScalingPolicy", "DeregisterScalableTarget", "DeleteEndpoint",
+                   "DeleteEndpointConfig", "DeleteModel"]
+    assert [c["ModelName"] for c in aws.server.calls("DeleteModel")] == ["dogbreed-ep"]
+    sm = aws.client("sagemaker")
+    assert sm.list_endpoints()["Endpoints"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm.list_models()["Models"] == []
+    assert aws.state()["endpoint"] is None
+    # twice is harmless
+    proc = aws.run("cleanup", "--endpoint", "dogbreed-ep", "--poll", "1")
+    assert proc.stdout.count("already gone") == 3
+
+
+def test_deploy_rejects_bad_autoscaling_before_creating_anything(aws):
+    line = one_error_line(aws.run("deploy", "--model-data", MODEL, "--autoscale", "3:1",
+                                  ok=False))
+    assert "need 1 <= MIN <= MAX" in line
+    assert not aws.server.calls("CreateModel")
+
+
+def test_deploy_uses_the_model_of_a_training_job(aws):
+    aws.run("train", "--detach", "--job-name", "dogbreed-train-for-deploy", "--no-debugger")
+    aws.run("deploy", "--training-job", "dogbreed-train-for-deploy", "--endpoint-name", "ep2",
+            "--poll", "1")
+    [model] = aws.server.calls("CreateModel")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == (
+        f"s3://{BUCKET}/dogbreed/training-output/dogbreed-train-for-deploy/output/model.tar.gz")
+    aws.run("cleanup", "--poll", "1")
+
+
+def test_batch_transform_over_an_s3_folder(aws):
+    proc = aws.run("deploy", "--model-data", MODEL, "--batch-input", f"s3://{BUCKET}/photos/",
+                   "--instance-count", "2", "--serve-instance-type", "ml.m5.xlarge")
+    [job] = aws.server.calls("CreateTransformJob")
+    name = job["TransformJobName"]
+    assert job["ModelName"] == name
+    assert job["BatchStrategy"] == "SingleRecord"
+    source = job["TransformInput"]
+    assert source["ContentType"] == "image/jpeg"
+    assert source.get("SplitType", "None") == "None"
+    assert source["DataSource"]["S3DataSource"] == {"S3DataType": "S3Prefix",
+                                                    "S3Uri": f"s3://{BUCKET}/photos/"}
+    assert job["TransformOutput"]["S3OutputPath"] == f"s3://{BUCKET}/dogbreed/batch-output/{name}"
+    assert job["TransformOutput"]["Accept"] == "application/json"
+    assert job["TransformResources"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 2}
+    [model] = aws.server.calls("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == f"{ECR}/dogbreed-serve:latest"
+    assert not aws.server.calls("CreateEndpoint")
+    assert f"scripts/cleanup.py --model {name}" in proc.stdout
+    aws.server.requests.clear()
+    aws.run("cleanup", "--model", name)
+    assert aws.server.operations()[-1] == "DeleteModel"
+    assert aws.client("sagemaker").list_models()["Models"] == []
