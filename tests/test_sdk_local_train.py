@@ -30,3 +30,28 @@ def test_estimator_fit_produces_model_tarball(train_image, tmp_path):
     assert names == ["model.json", "model.onnx"]
     assert meta["hyperparameters"]["epochs"] == 2
     assert len(meta["labels"]) == 3
+
+
+def test_two_instances_train_one_model(train_image, tmp_path, capfd):
+    """instance_count=2: two containers, torchrun across them over gloo, one model."""
+    opt_out_of_telemetry(tmp_path)
+    from sagemaker.estimator import Estimator
+
+    data = make_dataset(tmp_path / "data", {"train": 8, "valid": 2, "test": 2})
+    estimator = Estimator(
+        image_uri=train_image, role=ROLE, instance_count=2, instance_type="local",
+        hyperparameters={**TINY_HPS, "epochs": 2},
+        output_path=f"file://{tmp_path / 'out'}",
+        sagemaker_session=local_session(tmp_path / "containers"),
+    )
+    estimator.fit({c: f"file://{data / c}" for c in ("train", "valid", "test")}, logs=True)
+    log = capfd.readouterr().out
+    assert "--nnodes=2" in log and "--node-rank=0" in log and "--node-rank=1" in log
+    assert "2 process(es)" in log
+    tarball = estimator.model_data.replace("file://", "")
+    with tarfile.open(tarball) as tar:
+        names = sorted(n.lstrip("./") for n in tar.getnames() if n not in (".", "./"))
+        meta = json.load(tar.extractfile([m for m in tar.getmembers()
+                                          if m.name.endswith("model.json")][0]))
+    assert names == ["model.json", "model.onnx"]
+    assert len(meta["labels"]) == 3 and meta["summary"]["epochs"] == 2

@@ -62,6 +62,14 @@ class Hyperparameters(BaseModel):
     workers: int = Field(-1, ge=-1, le=64,
                          description="data-loader workers per process; -1 = from the CPU count")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="random seed")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="mixed precision on GPU; auto = bf16 where supported, else fp16; "
+                            "never on CPU")
+    compile: bool = Field(False, description="torch.compile the model (GPU; slower start)")
+    profile_steps: str = Field(
+        "", alias="profile-steps", pattern=r"^(\d+-\d+)?$",
+        description="torch.profiler trace of training steps START-END, e.g. 20-30; "
+                    "written to output/data/profiler")
 
     @field_validator("hidden_units", mode="before")
     @classmethod
@@ -77,6 +85,15 @@ class Hyperparameters(BaseModel):
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"not a JSON list of integers: {value!r}") from exc
             return [part for part in text.replace(",", " ").split()]
+        return value
+
+    @field_validator("profile_steps")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        if value:
+            start, end = (int(v) for v in value.split("-"))
+            if end <= start:
+                raise ValueError("END must be greater than START, e.g. 20-30")
         return value
 
     @field_validator("hidden_units")

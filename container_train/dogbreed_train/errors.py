@@ -8,6 +8,7 @@ import logging
 import traceback
 
 from . import paths
+from .stopping import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ def report(exc: BaseException) -> int:
         message = f"UserError: {exc}"
         log.error(message)
         code = 2
+    elif isinstance(exc, Stopped):
+        message = f"Stopped: {exc}"
+        log.warning(message)
+        code = 143
     elif isinstance(exc, KeyboardInterrupt):
         message = "Interrupted: training was stopped before it finished."
         log.error(message)

@@ -5,14 +5,28 @@ environment and calls ``main`` here. The training program runs as a child proces
 so that its exit code and failure file are its own; a plain SystemExit here would
 be reported by the toolkit as success, so a failure is raised as an exception
 whose ``errno`` becomes the container's exit code.
+
+One GPU and one host: ``python -m dogbreed_train``. Several GPUs or several hosts:
+torchrun starts one process per GPU (one per host on CPU) on every host, with
+the first host of SM_HOSTS as the rendezvous. DOGBREED_PROCS_PER_HOST overrides
+the number of processes per host. The toolkit's process is PID 1 in the
+container, so it passes SIGTERM on to the program (which saves a checkpoint).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 
 from . import errors
+
+log = logging.getLogger(__name__)
+
+MASTER_PORT = 29500
 
 
 class TrainingFailed(Exception):
@@ -21,12 +35,49 @@ class TrainingFailed(Exception):
         self.errno = code
 
 
+def procs_per_host() -> int:
+    override = os.environ.get("DOGBREED_PROCS_PER_HOST")
+    if override:
+        return max(1, int(override))
+    return max(1, int(os.environ.get("SM_NUM_GPUS") or 0))
+
+
+def hosts() -> list[str]:
+    return json.loads(os.environ.get("SM_HOSTS") or '["algo-1"]')
+
+
 def command() -> list[str]:
-    return [sys.executable, "-m", "dogbreed_train"]
+    all_hosts, nproc = hosts(), procs_per_host()
+    if len(all_hosts) == 1 and nproc == 1:
+        return [sys.executable, "-m", "dogbreed_train"]
+    current = os.environ.get("SM_CURRENT_HOST") or all_hosts[0]
+    # One host: loopback, which needs neither name resolution nor a network.
+    master = all_hosts[0] if len(all_hosts) > 1 else "127.0.0.1"
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(all_hosts)}",
+            f"--node-rank={all_hosts.index(current)}", f"--master-addr={master}",
+            f"--master-port={MASTER_PORT}", f"--nproc-per-node={nproc}", "-m", "dogbreed_train"]
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    interface = env.get("SM_NETWORK_INTERFACE_NAME")
+    if interface and len(hosts()) > 1:  # the interface SageMaker connects the hosts on
+        env.setdefault("GLOO_SOCKET_IFNAME", interface)
+        env.setdefault("NCCL_SOCKET_IFNAME", interface)
+    return env
 
 
 def main() -> None:
     errors.clear_failure()
-    code = subprocess.call(command())
+    cmd = command()
+    if "torch.distributed.run" in cmd:
+        print("launching: " + " ".join(cmd[1:]), flush=True)
+    child = subprocess.Popen(cmd, env=environment())
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    code = child.wait()
     if code != 0:
-        raise TrainingFailed(code)
+        raise TrainingFailed(code if code > 0 else 128 - code)

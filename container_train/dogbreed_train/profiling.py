@@ -1,0 +1,148 @@
+"""Where training time goes: waiting for data vs computing, GPU use, torch.profiler.
+
+Every epoch logs one PERF line, e.g.
+
+    PERF epoch=3/10 images/s=812.4 data_wait=41% compute=59% gpu_util=38% gpu_mem=9.1GiB input-bound
+
+"data_wait" is the time the training loop spent blocked on the data loader. GPU
+work is queued asynchronously, so a loop waiting on the GPU shows up as compute;
+a loop waiting on JPEG decoding shows up as data_wait. Above 20% waiting the job
+is input-bound: add data-loader workers or a bigger instance's CPUs, or pre-resize
+the images. The optional torch.profiler trace covers a window of steps and goes
+to /opt/ml/output/data/profiler (uploaded with the job's output), for TensorBoard
+or Perfetto.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+INPUT_BOUND = 0.20
+
+
+class StepTimer:
+    """Accumulates time blocked on the loader and time spent on everything else."""
+
+    def __init__(self):
+        self.wait = self.total = 0.0
+        self.images = 0
+        self._start = time.perf_counter()
+        self._mark = self._start
+
+    def fetched(self) -> None:
+        """Call right after the next batch arrived."""
+        now = time.perf_counter()
+        self.wait += now - self._mark
+        self._mark = now
+
+    def computed(self, images: int) -> None:
+        """Call after the step's work was queued."""
+        self.images += images
+        self._mark = time.perf_counter()
+
+    def stop(self, device: torch.device) -> dict:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.total = time.perf_counter() - self._start
+        share = self.wait / self.total if self.total > 0 else 0.0
+        return {"images_per_s": self.images / self.total if self.total > 0 else 0.0,
+                "data_wait": share, "compute": 1.0 - share,
+                "bound": "input-bound" if share > INPUT_BOUND else "compute-bound"}
+
+
+class GpuSampler:
+    """Mean GPU utilization over an epoch, sampled from NVML in a background thread."""
+
+    def __init__(self, device: torch.device, interval: float = 0.5):
+        self.device, self.interval = device, interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = None
+        self._handle = None
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                index = device.index if device.index is not None else torch.cuda.current_device()
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                self._nvml = pynvml
+            except Exception as exc:  # noqa: BLE001 - utilization is nice to have
+                log.warning("GPU utilization unavailable (NVML): %s", exc)
+
+    def __enter__(self):
+        if self._handle is not None:
+            self.samples.clear()
+            self._stop.clear()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            except Exception:  # noqa: BLE001
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if self.device.type != "cuda":
+            return {}
+        out = {"gpu_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        if self.samples:
+            out["gpu_util"] = sum(self.samples) / len(self.samples) / 100
+        return out
+
+
+def perf_line(epoch: int, epochs: int, stats: dict) -> str:
+    parts = [f"PERF epoch={epoch}/{epochs}", f"images/s={stats['images_per_s']:.1f}",
+             f"data_wait={stats['data_wait']:.0%}", f"compute={stats['compute']:.0%}"]
+    if "gpu_util" in stats:
+        parts.append(f"gpu_util={stats['gpu_util']:.0%}")
+    if "gpu_mem_gib" in stats:
+        parts.append(f"gpu_mem={stats['gpu_mem_gib']:.1f}GiB")
+    parts.append(stats["bound"])
+    return " ".join(parts)
+
+
+def parse_window(text: str) -> tuple[int, int] | None:
+    """'20-30' -> steps 20 to 29 of the run; '' -> no trace."""
+    if not text:
+        return None
+    start, _, end = text.partition("-")
+    return int(start), int(end)
+
+
+def trace(window: tuple[int, int] | None, out_dir: Path, rank: int):
+    """A torch.profiler over `window` (call .step() after every training step)."""
+    if window is None:
+        return nullcontext(None)
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    start, end = window
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    target = out_dir / "profiler"
+    log.info("torch.profiler: tracing steps %d-%d into %s", start, end - 1, target)
+    return profile(activities=activities,
+                   schedule=schedule(skip_first=max(0, start - 1), wait=0,
+                                     warmup=1 if start > 0 else 0, active=end - start, repeat=1),
+                   on_trace_ready=tensorboard_trace_handler(str(target),
+                                                            worker_name=f"rank{rank}"),
+                   record_shapes=False, with_stack=False)

@@ -1,0 +1,218 @@
+"""Checkpoints, sampling across ranks, launching, profiling and local rules, piece by piece."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dogbreed_train import checkpoints, config, launch, profiling, rules
+from dogbreed_train.distributed import EpochSampler, World
+from dogbreed_train.errors import UserError
+from dogbreed_train.train import amp_dtype
+
+HPS = config.to_dict(config.parse({"model": "resnet18"}))
+
+
+# ---- EpochSampler
+
+
+def test_sampler_shards_cover_everything_once_and_pad_equally():
+    shards = [list(EpochSampler(10, World(r, 3), seed=1, shuffle=True, pad=True))
+              for r in range(3)]
+    assert {len(s) for s in shards} == {4}  # 12 slots: every rank takes the same steps
+    assert set().union(*shards) == set(range(10))
+
+
+def test_evaluation_shards_are_not_padded():
+    shards = [list(EpochSampler(10, World(r, 3), seed=1, shuffle=False, pad=False))
+              for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    a, b = EpochSampler(50, World(), 7, True, True), EpochSampler(50, World(), 7, True, True)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert list(a) == list(b)
+    b.set_epoch(4)
+    assert list(a) != list(b)
+
+
+def test_resume_skips_what_was_done():
+    s = EpochSampler(20, World(), 3, True, True)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, start=8)
+    assert list(s) == full[8:] and len(s) == 12
+
+
+# ---- checkpoints
+
+
+def test_checkpoint_round_trip_with_rng(sm_base):
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    state = {"next_epoch": 3, "next_step": 5, "labels": ["a", "b"], "hyperparameters": HPS,
+             "model": {"w": torch.arange(4.0)}, "rng": checkpoints.rng_state(),
+             "history": [{"epoch": 1, "valid_loss": 0.5}]}
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    checkpoints.save(state)
+    random.random(), np.random.rand(), torch.rand(1)  # move every generator on
+    loaded = checkpoints.load(HPS, ["a", "b"])
+    checkpoints.set_rng_state(loaded["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    assert loaded["next_step"] == 5 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    assert [p.name for p in checkpoints.path().parent.iterdir()] == ["checkpoint.pt"]
+
+
+def test_no_checkpoint_means_fresh_start(sm_base):
+    assert checkpoints.load(HPS, ["a"]) is None
+
+
+def test_checkpoint_of_another_run_is_refused(sm_base):
+    checkpoints.save({"labels": ["a", "b"], "hyperparameters": HPS})
+    other = {**HPS, "image-size": 96}
+    with pytest.raises(UserError, match="another training run.*image-size"):
+        checkpoints.load(other, ["a", "b"])
+    with pytest.raises(UserError, match="classes"):
+        checkpoints.load(HPS, ["a", "c"])
+
+
+def test_unreadable_checkpoint_says_what_to_do(sm_base):
+    checkpoints.path().parent.mkdir(parents=True)
+    checkpoints.path().write_bytes(b"\x80\x04 not a checkpoint")
+    with pytest.raises(UserError, match="cannot be read.*Delete it"):
+        checkpoints.load(HPS, ["a"])
+
+
+def test_checkpoint_refuses_arbitrary_pickles(sm_base):
+    checkpoints.path().parent.mkdir(parents=True)
+    torch.save({"labels": ["a"], "hyperparameters": HPS, "evil": object()},
+               checkpoints.path())
+    with pytest.raises(UserError, match="cannot be read"):
+        checkpoints.load(HPS, ["a"])
+
+
+# ---- launching
+
+
+@pytest.mark.parametrize("hosts,current,gpus,procs,expect", [
+    (["algo-1"], "algo-1", "0", None, None),
+    (["algo-1"], "algo-1", "1", None, None),
+    (["algo-1"], "algo-1", "8", None, ["--nnodes=1", "--node-rank=0",
+                                       "--master-addr=127.0.0.1", "--nproc-per-node=8"]),
+    (["algo-1", "algo-2"], "algo-2", "0", None,
+     ["--nnodes=2", "--node-rank=1", "--master-addr=algo-1", "--nproc-per-node=1"]),
+    (["algo-1"], "algo-1", "0", "2", ["--nnodes=1", "--nproc-per-node=2"]),
+])
+def test_launch_command(monkeypatch, hosts, current, gpus, procs, expect):
+    monkeypatch.setenv("SM_HOSTS", json.dumps(hosts))
+    monkeypatch.setenv("SM_CURRENT_HOST", current)
+    monkeypatch.setenv("SM_NUM_GPUS", gpus)
+    if procs:
+        monkeypatch.setenv("DOGBREED_PROCS_PER_HOST", procs)
+    else:
+        monkeypatch.delenv("DOGBREED_PROCS_PER_HOST", raising=False)
+    cmd = launch.command()
+    assert cmd[-2:] == ["-m", "dogbreed_train"]
+    if expect is None:
+        assert "torch.distributed.run" not in cmd
+    else:
+        assert "torch.distributed.run" in cmd and set(expect) <= set(cmd)
+
+
+def test_gloo_interface_only_across_hosts(monkeypatch):
+    monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "eth0")
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("SM_HOSTS", '["algo-1"]')
+    assert "GLOO_SOCKET_IFNAME" not in launch.environment()
+    monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
+    assert launch.environment()["GLOO_SOCKET_IFNAME"] == "eth0"
+
+
+# ---- precision and profiling settings
+
+
+def test_amp_never_on_cpu():
+    for choice in ("auto", "bf16", "fp16", "off"):
+        assert amp_dtype(choice, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("window,ok", [("", True), ("2-5", True), ("5-2", False),
+                                       ("3-3", False), ("x", False), ("1-2-3", False)])
+def test_profile_window_validation(window, ok):
+    if ok:
+        assert config.parse({"profile-steps": window}).profile_steps == window
+    else:
+        with pytest.raises(UserError, match="profile-steps"):
+            config.parse({"profile-steps": window})
+
+
+def test_step_timer_tells_waiting_from_computing():
+    import time
+
+    timer = profiling.StepTimer()
+    for _ in range(3):
+        time.sleep(0.03)   # blocked on data
+        timer.fetched()
+        time.sleep(0.005)  # computing
+        timer.computed(8)
+    stats = timer.stop(torch.device("cpu"))
+    assert stats["data_wait"] > 0.7 and stats["bound"] == "input-bound"
+    assert "data_wait=" in profiling.perf_line(1, 2, stats)
+
+
+# ---- local Debugger rules on real smdebug tensors
+
+
+def _trial(tmp_path, lr: float, steps: int = 12):
+    """Train a small net with an smdebug hook saving every step; return the tensor folder."""
+    import smdebug.pytorch as smd
+    from smdebug import modes
+
+    out = tmp_path / "tensors"
+    cfg = tmp_path / "hook.json"
+    cfg.write_text(json.dumps({"LocalPath": str(out), "HookParameters": {"save_interval": "1"},
+                               "CollectionConfigurations": [
+                                   {"CollectionName": "losses"},
+                                   {"CollectionName": "gradients"}]}))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    hook = smd.Hook.create_from_json_file(str(cfg))
+    hook.register_module(model)
+    hook.register_loss(loss_fn)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    for epoch in range(2):
+        hook.set_mode(modes.TRAIN)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        hook.set_mode(modes.EVAL)
+        with torch.no_grad():
+            loss_fn(model(x), y)
+    hook.close()
+    return out
+
+
+def test_rules_on_a_learning_model(tmp_path):
+    verdicts = {v.rule: v for v in rules.evaluate(_trial(tmp_path, lr=0.5))}
+    assert set(verdicts) == set(rules.RULES)
+    assert verdicts["LossNotDecreasing"].status == "NoIssuesFound"
+    assert verdicts["VanishingGradient"].status == "NoIssuesFound"
+    # No relu_input collection was saved: said plainly, not guessed.
+    assert verdicts["PoorWeightInitialization"].status == "NotEvaluated"
+
+
+def test_rules_flag_a_model_that_does_not_learn(tmp_path):
+    verdicts = {v.rule: v for v in rules.evaluate(_trial(tmp_path, lr=0.0))}
+    assert verdicts["LossNotDecreasing"].status == "IssuesFound"
+    assert verdicts["Overtraining"].status == "IssuesFound"
