@@ -6,7 +6,7 @@ TRAIN_IMAGE ?= dogbreed-train:latest
 SERVE_IMAGE ?= dogbreed-serve:latest
 BUILD := docker/harness/build.sh
 
-.PHONY: help docker images train-image serve-image serve-image-gpu venv test unit-test demo lock clean scripts-test
+.PHONY: help docker images train-image serve-image serve-image-gpu venv lint test unit-test demo bench lock clean scripts-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,9 +44,15 @@ IN_IMAGE = docker run --rm --network none -v $(CURDIR)/tests:/src/tests:ro \
 	-e PYTHONDONTWRITEBYTECODE=1 -w /tmp
 
 unit-test: $(INIMAGE_PYTEST)/.done ## unit tests inside the images (needs `make images`)
-	$(IN_IMAGE) $(TRAIN_IMAGE) python -m pytest -q -p no:cacheprovider /src/tests/in_image/train
+	$(IN_IMAGE) $(TRAIN_IMAGE) python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning /src/tests/in_image/train
 
-test: images venv ## build everything and run the whole test suite
+lint: venv ## static checks: ruff (ruff.toml) and bandit (.bandit.yml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/bandit -q -c .bandit.yml -r container_train container_serve scripts
+
+test: venv ## build everything, lint, and run the whole test suite
+	$(MAKE) lint
+	$(MAKE) images
 	$(MAKE) unit-test
 	$(VENV)/bin/python -m pytest tests --ignore=tests/in_image
 
@@ -56,6 +62,10 @@ scripts-test: images venv ## the AWS scripts' tests: moto, a local registry, loc
 
 demo: images venv ## train, serve and classify locally on Fashion-MNIST (SDK local mode)
 	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)
+
+# Benchmarks (issue #7): BENCH_ARGS="--quick" for a smoke run; `benchmarks/run.py --help`.
+bench: images venv ## benchmark serving and training against their limits (bench-output/)
+	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
 lock: ## re-lock every requirements file (needs uv)
 	docker/harness/lock.sh

@@ -54,4 +54,4 @@ def test_two_instances_train_one_model(train_image, tmp_path, capfd):
         meta = json.load(tar.extractfile([m for m in tar.getmembers()
                                           if m.name.endswith("model.json")][0]))
     assert names == ["model.json", "model.onnx"]
-    assert len(meta["labels"]) == 3 and meta["summary"]["epochs"] == 2
+    assert len(meta["labels"]) == 3 and meta["metrics"]["epochs"] == 2

@@ -8,8 +8,9 @@ whose ``errno`` becomes the container's exit code.
 
 One GPU and one host: ``python -m dogbreed_train``. Several GPUs or several hosts:
 torchrun starts one process per GPU (one per host on CPU) on every host, with
-the first host of SM_HOSTS as the rendezvous. DOGBREED_PROCS_PER_HOST overrides
-the number of processes per host. The toolkit's process is PID 1 in the
+the first host as the rendezvous. Hosts come from resourceconfig.json (SM_HOSTS and
+SM_CURRENT_HOST win when set); the toolkit does not export SM_* variables into its
+own process. DOGBREED_PROCS_PER_HOST overrides the number of processes per host. The toolkit's process is PID 1 in the
 container, so it passes SIGTERM on to the program (which saves a checkpoint).
 """
 
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import sys
 
-from . import errors
+from . import errors, paths
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,46 @@ class TrainingFailed(Exception):
         self.errno = code
 
 
+def resource_config() -> dict:
+    """SageMaker's description of the cluster: hosts, this host, network interface."""
+    path = paths.config_dir() / "resourceconfig.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def gpu_count() -> int:
+    if os.environ.get("SM_NUM_GPUS"):
+        return int(os.environ["SM_NUM_GPUS"])
+    import torch  # only here: the launcher itself needs no torch otherwise
+
+    return torch.cuda.device_count()
+
+
 def procs_per_host() -> int:
     override = os.environ.get("DOGBREED_PROCS_PER_HOST")
     if override:
         return max(1, int(override))
-    return max(1, int(os.environ.get("SM_NUM_GPUS") or 0))
+    return max(1, gpu_count())
 
 
 def hosts() -> list[str]:
-    return json.loads(os.environ.get("SM_HOSTS") or '["algo-1"]')
+    if os.environ.get("SM_HOSTS"):
+        return json.loads(os.environ["SM_HOSTS"])
+    return resource_config().get("hosts") or ["algo-1"]
+
+
+def current_host(all_hosts: list[str]) -> str:
+    return (os.environ.get("SM_CURRENT_HOST") or resource_config().get("current_host")
+            or all_hosts[0])
 
 
 def command() -> list[str]:
     all_hosts, nproc = hosts(), procs_per_host()
     if len(all_hosts) == 1 and nproc == 1:
         return [sys.executable, "-m", "dogbreed_train"]
-    current = os.environ.get("SM_CURRENT_HOST") or all_hosts[0]
+    current = current_host(all_hosts)
     # One host: loopback, which needs neither name resolution nor a network.
     master = all_hosts[0] if len(all_hosts) > 1 else "127.0.0.1"
     return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(all_hosts)}",
@@ -60,7 +85,8 @@ def command() -> list[str]:
 
 def environment() -> dict[str, str]:
     env = dict(os.environ)
-    interface = env.get("SM_NETWORK_INTERFACE_NAME")
+    interface = (env.get("SM_NETWORK_INTERFACE_NAME")
+                 or resource_config().get("network_interface_name"))
     if interface and len(hosts()) > 1:  # the interface SageMaker connects the hosts on
         env.setdefault("GLOO_SOCKET_IFNAME", interface)
         env.setdefault("NCCL_SOCKET_IFNAME", interface)

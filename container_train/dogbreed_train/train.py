@@ -417,6 +417,7 @@ def finish(job: Job, spec: Spec, labels, folders, history, dropped, splits, out_
                          architecture=hps.model, hyperparameters=config.to_dict(hps),
                          summary=summary)
     record = {"history": history, "test": test, "summary": summary, "labels": labels,
+              "processes": job.rt.world.size,
               "images": {"train": len(train_split.samples), "valid": len(valid_split.samples),
                          "test": len(test_split.samples) if test_split else 0},
               "skipped_images": {"scan": skipped, "decode": dropped}}

@@ -216,3 +216,19 @@ def test_rules_flag_a_model_that_does_not_learn(tmp_path):
     verdicts = {v.rule: v for v in rules.evaluate(_trial(tmp_path, lr=0.0))}
     assert verdicts["LossNotDecreasing"].status == "IssuesFound"
     assert verdicts["Overtraining"].status == "IssuesFound"
+
+
+def test_hosts_come_from_resourceconfig(sm_base, monkeypatch):
+    """The toolkit does not export SM_HOSTS into its own process: read the file."""
+    for var in ("SM_HOSTS", "SM_CURRENT_HOST", "SM_NETWORK_INTERFACE_NAME",
+                "DOGBREED_PROCS_PER_HOST", "GLOO_SOCKET_IFNAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SM_NUM_GPUS", "0")
+    config_dir = sm_base / "input" / "config"
+    config_dir.mkdir(parents=True)
+    (config_dir / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"],
+         "network_interface_name": "eth1"}))
+    cmd = launch.command()
+    assert {"--nnodes=2", "--node-rank=1", "--master-addr=algo-1"} <= set(cmd)
+    assert launch.environment()["GLOO_SOCKET_IFNAME"] == "eth1"
