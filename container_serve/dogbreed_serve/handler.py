@@ -4,6 +4,12 @@ MMS hands ``handle`` up to DOGBREED_MAX_BATCH requests at once. Each is decoded 
 its own, so one bad image gets its own 4xx and the rest are still answered; the
 good ones go through the network as a single batch. Nothing here raises: an
 exception in a handler would make MMS answer 503 for the whole batch.
+
+No response headers are set here, not even Content-Type (nginx sets it, see
+conf/nginx.conf.template): MMS 1.1.11's frontend decodes a worker's per-request
+header map without checking that all of it has arrived (CodecUtils.readMap), and a
+batch answer split across two socket reads there kills the worker ("Invalid message
+size: -3", docs/hardening.md). Without headers that map is empty.
 """
 
 from __future__ import annotations
@@ -74,9 +80,8 @@ class Service:
         if arrays:
             try:
                 probs = self.model.probabilities(np.stack(arrays))
-                for row, i, k in zip(probs, slots, ks):
+                for row, i, k in zip(probs, slots, ks, strict=True):
                     answers[i] = json.dumps({"predictions": self.model.top_k(row, k)})
-                    context.set_response_content_type(i, "application/json")
             except Exception:  # noqa: BLE001
                 log.exception("inference failed for a batch of %d", len(arrays))
                 for i in slots:
@@ -86,7 +91,6 @@ class Service:
     @staticmethod
     def _error(context, idx: int, status: int, message: str) -> str:
         context.set_response_status(status, message, idx)
-        context.set_response_content_type(idx, "application/json")
         return json.dumps({"error": message, "status": status})
 
 

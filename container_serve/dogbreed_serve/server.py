@@ -100,12 +100,12 @@ def register_model(management_port: int, settings: Settings, workers: int,
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
-                                        timeout=timeout) as resp:
+            request = urllib.request.Request(url, method="POST")
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # nosec B310 - loopback
                 log.info("model registered: %s", json.loads(resp.read()).get("status"))
                 return
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"MMS refused the model: {exc.code} {exc.read()[:500]!r}")
+            raise RuntimeError(f"MMS refused the model: {exc.code} {exc.read()[:500]!r}") from None
         except OSError:
             if time.monotonic() > deadline:
                 raise RuntimeError("MMS management API did not come up in time") from None
@@ -209,8 +209,76 @@ def main() -> int:
     children.append(nginx)
     log.info("ready on port %d after %.1f s: %d worker(s), batches of up to %d",
              port, time.monotonic() - started, workers, settings.max_batch)
+    watchdog = Watchdog(mms_port)
     while all(child.poll() is None for child in children):
         time.sleep(0.5)
+        reap_orphans({child.pid for child in children})
+        if watchdog.broken():
+            log.error("multi-model-server has had no working worker for %d s (a worker "
+                      "process was killed and MMS cannot restart it): exiting, so that the "
+                      "container is replaced", UNHEALTHY_EXIT_S)
+            stop()
+            for child in children:
+                child.wait()
+            return 3
     stop()
     codes = [child.wait() for child in children]
     return next((c for c in codes if c), 0)
+
+
+# MMS restarts a worker whose forked child died within a second or two. When the
+# worker's parent process dies too, MMS keeps reconnecting to a socket nobody listens
+# on: requests hang and MMS's /ping answers 200 {"status": "Unhealthy"}, which
+# SageMaker counts as healthy. serve exits instead, after this long.
+UNHEALTHY_EXIT_S = int(os.environ.get("DOGBREED_UNHEALTHY_EXIT_S") or 30)
+WATCH_EVERY_S = 1.0
+
+
+class Watchdog:
+    def __init__(self, mms_port: int):
+        self.url = f"http://127.0.0.1:{mms_port}/ping"
+        self.last_check = 0.0
+        self.unhealthy_since: float | None = None
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as resp:  # nosec B310 - loopback
+                return json.loads(resp.read()).get("status") == "Healthy"
+        except (OSError, ValueError):
+            return False
+
+    def broken(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_check < WATCH_EVERY_S:
+            return False
+        self.last_check = now
+        if self.healthy():
+            self.unhealthy_since = None
+            return False
+        if self.unhealthy_since is None:
+            self.unhealthy_since = now
+            log.warning("multi-model-server reports no healthy worker")
+        return now - self.unhealthy_since >= UNHEALTHY_EXIT_S
+
+
+def reap_orphans(own: set[int]) -> None:
+    """serve is PID 1 in the container: reap the orphans that get re-parented to it.
+
+    When an MMS worker process dies, its children are re-parented to us; without this
+    they stay zombies once they exit.
+    Our own children (MMS, nginx) are left to Popen, which needs their exit codes.
+    """
+    if os.getpid() != 1:
+        return
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and fields[1] == "1":  # state, parent pid
+            try:
+                os.waitpid(int(entry.name), os.WNOHANG)
+            except ChildProcessError:
+                pass

@@ -1,0 +1,203 @@
+"""Property-based fuzzing of the serving image's request decoding, on the host.
+
+The serving package's decoding.py is imported together with the training image's
+preprocess.py, exactly the two files the serving Dockerfile puts side by side, so this
+is the code the container runs (Pillow and NumPy are the same versions on the host).
+Property: for any body and any Content-Type, decode() either returns the model input
+(3 x S x S, finite float32) or raises ClientError with a 4xx and a message of our own:
+nothing else escapes, and no message carries library internals.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import struct
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import ROOT
+
+
+def load_serving_decoding():
+    """dogbreed_serve as the image lays it out: its own modules plus preprocess.py."""
+    name = "dogbreed_serve"
+    if name in sys.modules and hasattr(sys.modules[name], "decoding"):
+        return sys.modules[f"{name}.decoding"]
+    spec = importlib.util.spec_from_file_location(
+        name, ROOT / "container_serve" / name / "__init__.py",
+        submodule_search_locations=[str(ROOT / "container_serve" / name),
+                                    str(ROOT / "container_train" / "dogbreed_train")])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module(f"{name}.decoding")
+
+
+decoding = load_serving_decoding()
+SPECS = [decoding.Spec.for_size(64), decoding.Spec()]  # the tests' model, and the default
+CONTENT_TYPES = ["image/jpeg", "image/png", "application/x-image", "IMAGE/JPEG; q=1",
+                 "image/jpg", "text/plain", "", None, "image/gif", "multipart/form-data",
+                 "image/png\x00", "\u00e9/\u00e9"]
+# What a message must never contain: object addresses, paths, tracebacks, library names.
+LEAK = re.compile(r"0x[0-9a-f]{6,}|Traceback|/opt/|site-packages|\.py\b|PIL|Pillow|"
+                  r"numpy|BytesIO|Error\b|Exception")
+FUZZ = settings(max_examples=300, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def check(body: bytes, content_type, spec) -> None:
+    """The property itself; returns normally or fails the test."""
+    try:
+        arr = decoding.decode(body, content_type, spec)
+    except decoding.ClientError as exc:
+        assert exc.status in (400, 413, 415), exc.status
+        assert exc.message and not LEAK.search(exc.message), exc.message
+        assert len(exc.message) < 300
+        return
+    assert arr.shape == (3, spec.image_size, spec.image_size)
+    assert arr.dtype == np.float32 and np.isfinite(arr).all()
+
+
+@st.composite
+def images(draw) -> bytes:
+    """A valid JPEG or PNG: random size, colour mode and encoder options."""
+    fmt = draw(st.sampled_from(["JPEG", "PNG"]))
+    modes = ["RGB", "L", "CMYK"] if fmt == "JPEG" else ["RGB", "L", "RGBA", "P", "LA", "1",
+                                                        "I;16"]
+    mode = draw(st.sampled_from(modes))
+    w, h = draw(st.integers(1, 160)), draw(st.integers(1, 160))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L"), np.uint16) * 257)
+    elif mode != "RGB":
+        img = img.convert(mode)
+    kw = {}
+    if fmt == "JPEG":
+        kw = {"quality": draw(st.integers(1, 100)), "progressive": draw(st.booleans())}
+        if draw(st.booleans()):
+            exif = Image.Exif()
+            exif[0x0112] = draw(st.integers(0, 9))
+            kw["exif"] = exif
+    else:
+        kw = {"compress_level": draw(st.integers(0, 9))}
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    """A valid image, then 1 to 4 edits: truncation, bit flips, inserted, deleted or
+    overwritten bytes, a repeated slice, or a header field set to an extreme value."""
+    data = bytearray(draw(images()))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "overwrite",
+                                   "repeat", "extreme"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "truncate":
+            del data[at:]
+        elif op == "flip":
+            data[at:at + 1] = bytes([data[at] ^ draw(st.integers(1, 255))]) if data else b""
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+        elif op == "delete":
+            del data[at:at + draw(st.integers(1, 64))]
+        elif op == "overwrite":
+            chunk = draw(st.binary(min_size=1, max_size=16))
+            data[at:at + len(chunk)] = chunk
+        elif op == "repeat":
+            data[at:at] = data[at:at + draw(st.integers(1, 512))] * draw(st.integers(2, 50))
+        else:  # a 16- or 32-bit field near the start (dimensions live there) set to 0 or max
+            value = draw(st.sampled_from([0, 1, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]))
+            pos = draw(st.integers(0, min(200, max(0, len(data) - 4))))
+            packed = struct.pack(">I", value) if draw(st.booleans()) else struct.pack(
+                ">H", value & 0xFFFF)
+            data[pos:pos + len(packed)] = packed
+    return bytes(data)
+
+
+@st.composite
+def forged_png(draw) -> bytes:
+    """A PNG built chunk by chunk: any header values, any pixel stream."""
+    width = draw(st.one_of(st.integers(0, 64), st.sampled_from([1, 7506, 7507, 40_000_000,
+                                                                2**31 - 1, 2**32 - 1])))
+    height = draw(st.one_of(st.integers(0, 64), st.sampled_from([1, 6000, 65535, 2**31 - 1])))
+    depth = draw(st.sampled_from([1, 2, 4, 8, 16, 0, 3, 255]))
+    color = draw(st.sampled_from([0, 2, 3, 4, 6, 1, 5, 7]))
+    interlace = draw(st.sampled_from([0, 1, 2]))
+    raw = draw(st.one_of(st.binary(max_size=512),
+                         st.integers(0, 200_000).map(lambda n: b"\0" * n)))
+    idat = zlib.compress(raw) if draw(st.booleans()) else raw
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, interlace)
+    extra = b""
+    if color == 3 and draw(st.booleans()):
+        extra = chunk(b"PLTE", draw(st.binary(min_size=0, max_size=96)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+@FUZZ
+@given(body=st.one_of(st.binary(max_size=2048),
+                      st.sampled_from(list(decoding.MAGIC)).flatmap(
+                          lambda m: st.binary(max_size=2048).map(lambda b: m + b))),
+       content_type=st.sampled_from(CONTENT_TYPES), spec=st.sampled_from(SPECS))
+def test_any_bytes_decode_or_give_a_clean_4xx(body, content_type, spec):
+    check(body, content_type, spec)
+
+
+@FUZZ
+@given(body=mutated(), spec=st.sampled_from(SPECS))
+def test_damaged_images_decode_or_give_a_clean_4xx(body, spec):
+    check(body, "image/jpeg", spec)
+
+
+@FUZZ
+@given(body=forged_png(), spec=st.sampled_from(SPECS))
+def test_forged_png_headers_decode_or_give_a_clean_4xx(body, spec):
+    check(body, "image/png", spec)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(body=images(), spec=st.sampled_from(SPECS))
+def test_every_valid_image_is_accepted(body, spec):
+    arr = decoding.decode(body, "image/png", spec)
+    assert arr.shape == (3, spec.image_size, spec.image_size) and np.isfinite(arr).all()
+
+
+@pytest.mark.parametrize("width,height,status", [
+    (1, 65000, 400),     # resizing the short side up would make a 4.7 GB intermediate
+    (65000, 1, 400),
+    (7000, 7000, 413),   # over MAX_PIXELS
+    (0, 5, 400),
+    (40, 2000, None),    # 1:50 is fine
+])
+def test_dimension_limits(width, height, status):
+    """Header-only checks: these PNGs carry a few bytes of pixel data, never decoded."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    row = b"\0" * (1 + width)
+    body = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                               8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * height if width * height < 10**6 else row))
+            + chunk(b"IEND", b""))
+    spec = decoding.Spec.for_size(64)
+    if status is None:
+        assert decoding.decode(body, "image/png", spec).shape == (3, 64, 64)
+    else:
+        with pytest.raises(decoding.ClientError) as err:
+            decoding.decode(body, "image/png", spec)
+        assert err.value.status == status
