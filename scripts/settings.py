@@ -21,11 +21,10 @@ import json
 import os
 import re
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_DEFINITIONS = ROOT / "container_train" / "dogbreed_train" / "metric_definitions.json"

@@ -159,7 +159,8 @@ def soak(url: str, requests_total: int = 1000, concurrency: int = 8, bad_fractio
          container: str | None = None, kill_worker_at: float | None = None,
          kill_which: str = "child", seed: int = 0, include_large: bool = False) -> dict:
     """Run the load; return the summary (see --help for what each figure means)."""
-    rng = random.Random(seed)  # nosec B311 - a reproducible mix, not a secret
+    # a reproducible mix, not a secret (bandit B311)
+    rng = random.Random(seed)  # nosec B311
     good = malformed.good_inputs()
     # Rows of several MB (bodies at the limit) stress the client more than the server:
     # left out by default, every other row of the table is mixed in.

@@ -88,9 +88,9 @@ def table(rows_: list[dict[str, Any]]) -> str:
     cols = list(rows_[0])
     cells = [[_cell(r[c], c == "objective") for c in cols] for r in rows_]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
 
 
@@ -117,7 +117,7 @@ def plot(rows_: list[dict[str, Any]], names: list[str], objective: str, objectiv
     ax.step(xs, running, where="post", label="best so far")
     ax.set(title="search progress", xlabel="trial (in start order)", ylabel=objective)
     ax.legend()
-    for ax, name in zip(axes[1:], names):
+    for ax, name in zip(axes[1:], names, strict=False):
         values = [r[name] for _, r in scored]
         try:
             numbers = [float(v) for v in values]

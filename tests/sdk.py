@@ -5,5 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from sagemaker_calls import (LOCAL_ROLE as ROLE, opt_out_of_telemetry,  # noqa: E402,F401
-                        remove_leftovers, session as local_session)
+from sagemaker_calls import LOCAL_ROLE as ROLE  # noqa: E402,F401

@@ -31,6 +31,7 @@ from aws_stand_in import (
     run_script,
     script_env,
 )
+
 from synthetic import make_dataset
 
 sys.path.insert(0, str(SCRIPTS))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from aws_stand_in import SCRIPTS, explain, run_script, script_env
+
 from conftest import TINY_HPS, docker
 from serving import Server
 from synthetic import CLASSES, make_dataset

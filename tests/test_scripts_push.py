@@ -27,6 +27,7 @@ from aws_stand_in import (
     run_script,
     script_env,
 )
+
 from conftest import DOCKER, docker
 
 

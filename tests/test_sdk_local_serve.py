@@ -6,9 +6,8 @@ import io
 import tarfile
 
 import numpy as np
-from PIL import Image
-
 import pytest
+from PIL import Image
 
 from sdk import ROLE, local_session, opt_out_of_telemetry
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import time
 import zlib
-import struct
 
 import numpy as np
 import pytest

@@ -82,7 +82,7 @@ def test_hook_and_profiler_change_nothing(inspected_run, trained_model):
 
     plain, inspected = history(trained_model), history(inspected_run)
     assert len(plain) == len(inspected)
-    for a, b in zip(plain, inspected):
+    for a, b in zip(plain, inspected, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-6)
         assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=1e-4, abs=1e-6)
     # Without a hook config smdebug is never set up.

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import (artifacts, checkpoints, config, data, debugger, distributed, metrics, paths,
-               profiling)
+from . import artifacts, checkpoints, config, data, debugger, distributed, metrics, paths, profiling
 from .models import build_model
 from .preprocess import Spec, load_rgb
 from .stopping import Stopped, StopRequest
@@ -250,7 +249,7 @@ def predict_split(job: Job, split: data.Split, spec: Spec, root, labels) -> tupl
         logp = torch.log_softmax(logits.float(), 1)
         loss += float(-logp.gather(1, y[:, None]).sum())
         probs = logp.exp().cpu()
-        for (path, label), p in zip(chunk, probs):
+        for (path, label), p in zip(chunk, probs, strict=True):
             best = int(p.argmax())
             correct += best == label
             rows.append({"image": str(path.relative_to(root)), "label": labels[label],

@@ -190,7 +190,7 @@ def _trial(tmp_path, lr: float, steps: int = 12):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     x = torch.randn(64, 4)
     y = (x[:, 0] > 0).long()
-    for epoch in range(2):
+    for _ in range(2):
         hook.set_mode(modes.TRAIN)
         for _ in range(steps):
             opt.zero_grad()
