@@ -49,7 +49,7 @@ def open_image(source: bytes | str | Path) -> Image.Image:
         img = Image.open(fp)
     except Image.DecompressionBombError as exc:
         raise ValueError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, struct.error ...
         raise ValueError(f"not a readable image: {exc}") from None
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"image too large: {img.width}x{img.height} pixels "
@@ -84,7 +84,9 @@ def load_rgb(source: bytes | str | Path) -> Image.Image:
         return to_rgb(img)
     except Image.DecompressionBombError as exc:
         raise ValueError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to callers
         raise ValueError(f"image data is corrupt or truncated: {exc}") from None
 
 
