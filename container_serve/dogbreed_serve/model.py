@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .preprocess import Spec
+from .settings import Settings
 
 METADATA_FILE = "model.json"
 
@@ -36,6 +37,10 @@ class Classifier:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        if not Settings.from_env().ort_spinning:
+            # Idle intra-op threads sleep instead of busy-waiting, leaving the cores to
+            # the request decoding, MMS and nginx (DOGBREED_ORT_SPINNING=1 restores it).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(model_dir / meta["model_file"]), options,

@@ -1,0 +1,219 @@
+"""Training-loop throughput: the real data path against pre-decoded tensors.
+
+    # CPU, inside the training image (what `benchmarks/run.py` does):
+    docker run --rm -v $PWD/benchmarks:/bench:ro dogbreed-train:latest \
+        python /bench/training.py --device cpu --model resnet18 --image-size 112
+    # A GPU machine with plain PyTorch (no Docker), ResNet-50 with AMP:
+    PYTHONPATH=container_train python benchmarks/training.py --device cuda --amp \
+        --model resnet50 --image-size 224 --batch-size 128 --steps 60
+
+Variants, interleaved round by round so a noisy neighbour hits them alike:
+  synthetic     batches of random tensors already on the device: the compute limit
+  real          JPEG files through dogbreed_train.data (PIL decode, RandomResizedCrop,
+                flip, normalize) with the training image's default worker count
+  real-workersN the same with N DataLoader workers (--more-workers)
+  real-workers0 decoding in the training process itself (no DataLoader workers)
+  real-threadsN default workers, with the training process's torch threads lowered to
+                N = cpus - workers, so the workers do not preempt its OpenMP threads
+                (CPU only; shown when it differs from the default)
+  pre-resized   the same JPEGs stored with the shorter side at the model's resize size
+                (what a data-preparation step would write), default workers
+
+The training step is train.py's: zero_grad, forward, cross-entropy, backward, step
+(SGD with momentum), with torch.autocast + GradScaler when --amp is given.
+JPEGs are generated (500x375, smooth photo-like content, quality 90); none are
+downloaded. Prints JSON (last line) and writes it to --json if given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photo import photo_like  # noqa: E402
+
+from dogbreed_train import data  # noqa: E402
+from dogbreed_train.models import build_model  # noqa: E402
+from dogbreed_train.preprocess import Spec  # noqa: E402
+
+
+def make_jpegs(root: Path, count: int, classes: int, size=(500, 375), seed: int = 0,
+               shorter: int | None = None) -> data.Split:
+    """Photo-like JPEGs (smooth colour fields plus grain), class-folder layout."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    w, h = size
+    for i in range(count):
+        label = i % classes
+        folder = root / f"{label + 1:03d}.class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        img = photo_like(rng, size)
+        if shorter:
+            scale = shorter / min(w, h)
+            img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+        path = folder / f"{i:05d}.jpg"
+        img.save(path, quality=90)
+        samples.append((path, label))
+    return data.Split("train", samples)
+
+
+def step_fn(model, optimizer, device, amp: bool):
+    criterion = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+
+    def step(x, y):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = criterion(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    return step
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_steps(step, batches, steps: int, warmup: int, device) -> float:
+    """Images per second over `steps` steps after `warmup` untimed ones."""
+    it = iter(batches)
+    for _ in range(warmup):
+        x, y = next(it)[:2]
+        step(x, y)
+    sync(device)
+    t0 = time.perf_counter()
+    seen = 0
+    for _ in range(steps):
+        x, y = next(it)[:2]
+        step(x, y)
+        seen += len(y)
+    sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
+def synthetic_batches(batch: int, size: int, classes: int, device):
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    while True:
+        yield x, y
+
+
+def cycling(loader_):
+    while True:
+        yield from loader_
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--amp", action="store_true", help="autocast (fp16 on cuda, bf16 on cpu)")
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median taken)")
+    ap.add_argument("--workers", type=int, default=-1,
+                    help="DataLoader workers for 'real' (-1: train.py's default, min(cpus-1, 8))")
+    ap.add_argument("--more-workers", type=int, default=0,
+                    help="also measure the real path with this many workers (0: skip)")
+    ap.add_argument("--no-pre-resized", action="store_true")
+    ap.add_argument("--classes", type=int, default=133)
+    ap.add_argument("--max-images", type=int, default=2048,
+                    help="JPEGs generated (cycled if the run needs more)")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = args.workers if args.workers >= 0 else max(0, min((cpus or 1) - 1, 8))
+    spec = Spec.for_size(args.image_size)
+    model = build_model(args.model, args.classes, pretrained=False).to(device).train()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = step_fn(model, optimizer, device, args.amp)
+
+    per_round = (args.steps + args.warmup) * args.batch_size
+    n_images = min(args.max_images, per_round * args.rounds)
+    tmp = tempfile.TemporaryDirectory(prefix="dogbreed-trainbench-")
+    t0 = time.perf_counter()
+    full = make_jpegs(Path(tmp.name) / "full", n_images, args.classes)
+    jpeg_kb = statistics.fmean(p.stat().st_size for p, _ in full.samples) / 1024
+    variants = {"synthetic": lambda: synthetic_batches(args.batch_size, args.image_size,
+                                                       args.classes, device)}
+    pin = device.type == "cuda"
+    tf = data.train_transform(spec, augment=True)
+
+    def real(split, w):
+        ld = data.loader(split, tf, args.batch_size, shuffle=True, workers=w,
+                         bad_images="skip", seed=0, pin_memory=pin)
+        return lambda: cycling(ld)
+
+    variants["real"] = real(full, workers)
+    if workers:
+        variants["real-workers0"] = real(full, 0)
+    if args.more_workers and args.more_workers != workers:
+        variants[f"real-workers{args.more_workers}"] = real(full, args.more_workers)
+    if not args.no_pre_resized:
+        small = make_jpegs(Path(tmp.name) / "small", n_images, args.classes,
+                           shorter=spec.resize_size)
+        variants["pre-resized"] = real(small, workers)
+    gen_s = time.perf_counter() - t0
+
+    full_threads = torch.get_num_threads()
+    threads = {name: full_threads for name in variants}
+    fewer = max(1, (cpus or 1) - workers)
+    if device.type == "cpu" and workers and fewer < full_threads:
+        variants[f"real-threads{fewer}"] = real(full, workers)
+        threads[f"real-threads{fewer}"] = fewer
+    iters = {name: make() for name, make in variants.items()}  # loaders persist across rounds
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, it in iters.items():
+            torch.set_num_threads(threads[name])
+            rates[name].append(run_steps(step, it, args.steps, args.warmup, device))
+    torch.set_num_threads(full_threads)
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    result = {
+        "device": args.device, "amp": args.amp, "model": args.model,
+        "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
+        "rounds": args.rounds, "workers_default": workers, "cpus": cpus,
+        "torch_threads": threads, "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "jpeg": {"size": "500x375", "mean_kb": round(jpeg_kb, 1), "count": n_images},
+        "setup_s": round(gen_s, 1),
+        "images_per_s": med, "images_per_s_all": rates,
+        "ratio_vs_synthetic": {n: med[n] / med["synthetic"] for n in med if n != "synthetic"},
+    }
+    text = json.dumps(result)
+    if args.json:
+        args.json.write_text(text)
+    print(text)
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
