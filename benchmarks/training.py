@@ -168,7 +168,7 @@ def main() -> int:
 
     def real(split, w):
         ld = data.loader(split, tf, args.batch_size, shuffle=True, workers=w,
-                         bad_images="skip", seed=0, pin_memory=pin)
+                         seed=0, pin_memory=pin)
         return lambda: cycling(ld)
 
     variants["real"] = real(full, workers)

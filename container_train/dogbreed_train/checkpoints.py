@@ -50,19 +50,26 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(state: dict) -> Path:
-    """Atomically replace the checkpoint with `state`."""
+    """Atomically replace the checkpoint with `state` (rank 0 alone writes)."""
     target = path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{FILENAME}.{os.getpid()}.tmp")
+    # One fixed temporary name: a save cut short by a kill is overwritten by the next
+    # one instead of lying around (and being uploaded to S3).
+    tmp = target.with_name(f".{FILENAME}.tmp")
+    for stale in target.parent.glob(f".{FILENAME}*.tmp"):  # left by older images, too
+        stale.unlink(missing_ok=True)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as RuntimeError, with the OSError as its cause.
+        cause = exc if isinstance(exc, OSError) else (exc.__context__ or exc)
+        reason = getattr(cause, "strerror", None) or str(cause)
         tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write the checkpoint to {target.parent}: {exc.strerror or exc}. "
+        raise UserError(f"cannot write the checkpoint to {target.parent}: {reason}. "
                         "Free space or fix the permissions of the checkpoint folder.") from None
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:

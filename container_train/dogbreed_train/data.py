@@ -131,11 +131,42 @@ def split_off(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     return Split("train", keep, train.skipped), Split("valid", held)
 
 
-class ImageDataset(Dataset):
-    """Decodes on access. A corrupt image yields None (skip) or raises UserError (fail)."""
+@dataclass(frozen=True)
+class BadImage:
+    """An image that passed the scan but failed to decode (e.g. truncated data)."""
 
-    def __init__(self, split: Split, transform, bad_images: str):
-        self.split, self.transform, self.bad_images = split, transform, bad_images
+    name: str    # channel/class/file, as the user's folders name it
+    reason: str
+
+
+class BadImages:
+    """Decode failures seen while training: fail at once (bad-images=fail), or count
+    each image once however many epochs meet it (skip). Raised here, in the main
+    process, because an error raised in a loader worker reaches the user wrapped
+    in a traceback."""
+
+    def __init__(self, mode: str, seen=()):
+        self.mode, self.seen = mode, set(seen)
+
+    def add(self, bad: list[BadImage]) -> None:
+        for b in bad:
+            if self.mode == "fail":
+                raise UserError(f"unreadable image {b.name}: {b.reason}. Remove it, or set "
+                                "bad-images=skip to train without it.")
+            if b.name not in self.seen:
+                log.warning("skipping unreadable image %s: %s", b.name, b.reason)
+            self.seen.add(b.name)
+
+
+def sample_name(split: Split, path: Path) -> str:
+    return f"{split.name}/{path.parent.name}/{path.name}"
+
+
+class ImageDataset(Dataset):
+    """Decodes on access; an image that cannot be decoded comes back as a BadImage."""
+
+    def __init__(self, split: Split, transform):
+        self.split, self.transform = split, transform
 
     def __len__(self) -> int:
         return len(self.split.samples)
@@ -145,21 +176,19 @@ class ImageDataset(Dataset):
         try:
             img = load_rgb(path)
         except ValueError as exc:
-            if self.bad_images == "fail":
-                raise UserError(f"unreadable image {path.name}: {exc}") from None
-            return None
+            return BadImage(sample_name(self.split, path), str(exc))
         return self.transform(img), label
 
 
 def collate(batch):
-    """Stack a batch, dropping images that could not be decoded; count them."""
-    good = [b for b in batch if b is not None]
-    dropped = len(batch) - len(good)
+    """Stack a batch; images that could not be decoded are left out and listed."""
+    good = [b for b in batch if not isinstance(b, BadImage)]
+    bad = [b for b in batch if isinstance(b, BadImage)]
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), dropped
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
     x = torch.stack([b[0] for b in good])
     y = torch.tensor([b[1] for b in good], dtype=torch.long)
-    return x, y, dropped
+    return x, y, bad
 
 
 def train_transform(spec: Spec, augment: bool):
@@ -188,10 +217,10 @@ class EvalTransform:
 
 
 def loader(split: Split, transform, batch_size: int, shuffle: bool, workers: int,
-           bad_images: str, seed: int, sampler=None, pin_memory: bool = False) -> DataLoader:
+           seed: int, sampler=None, pin_memory: bool = False) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        ImageDataset(split, transform, bad_images),
+        ImageDataset(split, transform),
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,

@@ -110,10 +110,10 @@ def make_scheduler(hps: config.Hyperparameters, optimizer):
 class Sums:
     """Running totals of one pass; kept on the device so the GPU is never waited on."""
 
-    def __init__(self, device, loss=0.0, correct=0, seen=0, dropped=0):
+    def __init__(self, device, loss=0.0, correct=0, seen=0):
         self.loss = torch.tensor(float(loss), dtype=torch.float64, device=device)
         self.correct = torch.tensor(int(correct), dtype=torch.int64, device=device)
-        self.seen, self.dropped = seen, dropped
+        self.seen = seen
 
     def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss_sum.detach().double()
@@ -121,15 +121,13 @@ class Sums:
         self.seen += len(y)
 
     def state(self) -> dict:
-        return {"loss": self.loss.item(), "correct": int(self.correct.item()),
-                "seen": self.seen, "dropped": self.dropped}
+        return {"loss": self.loss.item(), "correct": int(self.correct.item()), "seen": self.seen}
 
     def result(self, world: distributed.World, device) -> dict:
         s = self.state()
-        loss, correct, seen, dropped = distributed.sum_all(
-            world, [s["loss"], s["correct"], s["seen"], s["dropped"]], device)
-        return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1),
-                "images": int(seen), "dropped": int(dropped)}
+        loss, correct, seen = distributed.sum_all(world, [s["loss"], s["correct"], s["seen"]],
+                                                  device)
+        return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen)}
 
 
 @dataclass
@@ -146,6 +144,7 @@ class Job:
     scaler: torch.amp.GradScaler
     debug: debugger.Debugger
     stop: StopRequest
+    bad: data.BadImages
 
     def checkpoint(self, next_epoch: int, next_step: int, partial: dict, history: list,
                    labels: list[str]) -> None:
@@ -154,6 +153,7 @@ class Job:
         target = checkpoints.save({
             "format": 1, "next_epoch": next_epoch, "next_step": next_step,
             "partial": partial, "history": history, "labels": labels,
+            "bad_images": sorted(self.bad.seen),
             "hyperparameters": config.to_dict(self.hps), "model": self.core.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": checkpoints.rng_state()})
@@ -177,11 +177,11 @@ def train_one_epoch(job: Job, loader, sampler, epoch: int, start_step: int, sums
     sampler.set_epoch(epoch, start_step * job.hps.batch_size)
     rt, step = job.rt, start_step
     timer = profiling.StepTimer()
-    for x, y, n_bad in loader:
+    for x, y, bad in loader:
         if job.hps.max_steps_per_epoch and step >= job.hps.max_steps_per_epoch:
             break
         timer.fetched()
-        sums.dropped += n_bad
+        job.bad.add(bad)
         if len(y):
             x, y = rt.to_device(x, y)
             job.optimizer.zero_grad(set_to_none=True)
@@ -209,8 +209,8 @@ def evaluate(job: Job, loader) -> dict:
     job.debug.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     sums = Sums(job.rt.device)
-    for x, y, n_bad in loader:
-        sums.dropped += n_bad
+    for x, y, bad in loader:
+        job.bad.add(bad)
         if len(y) == 0:
             continue
         x, y = job.rt.to_device(x, y)
@@ -231,7 +231,7 @@ def predict_split(job: Job, split: data.Split, spec: Spec, root, labels) -> tupl
     """
     job.core.eval()
     transform = data.EvalTransform(spec)
-    rows, loss, correct, dropped = [], 0.0, 0, 0
+    rows, loss, correct = [], 0.0, 0
     size = job.hps.test_batch_size
     for start in range(0, len(split.samples), size):
         chunk, tensors = [], []
@@ -239,8 +239,8 @@ def predict_split(job: Job, split: data.Split, spec: Spec, root, labels) -> tupl
             try:
                 tensors.append(transform(load_rgb(path)))
                 chunk.append((path, label))
-            except ValueError:
-                dropped += 1
+            except ValueError as exc:
+                job.bad.add([data.BadImage(data.sample_name(split, path), str(exc))])
         if not tensors:
             continue
         x, y = job.rt.to_device(torch.stack(tensors), torch.tensor([c[1] for c in chunk]))
@@ -255,8 +255,7 @@ def predict_split(job: Job, split: data.Split, spec: Spec, root, labels) -> tupl
             rows.append({"image": str(path.relative_to(root)), "label": labels[label],
                          "predicted": labels[best], "probability": float(p[best])})
     seen = len(rows)
-    return ({"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "images": seen,
-             "dropped": dropped}, rows)
+    return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "images": seen}, rows
 
 
 def build_job(hps: config.Hyperparameters, rt: Runtime, n_classes: int) -> Job:
@@ -274,7 +273,8 @@ def build_job(hps: config.Hyperparameters, rt: Runtime, n_classes: int) -> Job:
     optimizer = make_optimizer(hps, core.parameters())
     return Job(hps, rt, core, model, criterion, optimizer, make_scheduler(hps, optimizer),
                torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16),
-               debugger.create(core, criterion, enabled=rt.world.main), StopRequest())
+               debugger.create(core, criterion, enabled=rt.world.main), StopRequest(),
+               data.BadImages(hps.bad_images))
 
 
 def resume(job: Job, labels: list[str]) -> dict | None:
@@ -289,6 +289,7 @@ def resume(job: Job, labels: list[str]) -> dict | None:
     job.scheduler.load_state_dict(state["scheduler"])
     job.scaler.load_state_dict(state["scaler"])
     checkpoints.set_rng_state(state["rng"])
+    job.bad.seen.update(state.get("bad_images", []))
     where = f"epoch {state['next_epoch']}"
     if state["next_step"]:
         where += f", step {state['next_step']}"
@@ -328,7 +329,7 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
     job = build_job(hps, rt, len(labels))
     state = resume(job, labels)
 
-    common = dict(workers=rt.workers, bad_images=hps.bad_images, seed=hps.seed,
+    common = dict(workers=rt.workers, seed=hps.seed,
                   pin_memory=rt.device.type == "cuda")
     train_sampler = distributed.EpochSampler(len(train_split.samples), world, hps.seed,
                                              shuffle=True, pad=True)
@@ -343,7 +344,6 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
     first_epoch = state["next_epoch"] if state else 1
     start_step = state["next_step"] if state else 0
     partial = state["partial"] if state and start_step else {}
-    dropped = 0
     window = profiling.parse_window(hps.profile_steps)
     gpu = profiling.GpuSampler(rt.device)
     with profiling.trace(window, out_dir, world.rank) as prof:
@@ -362,7 +362,6 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
             tr = sums.result(world, rt.device)
             job.scheduler.step()
             va = evaluate(job, valid_loader)
-            dropped += tr["dropped"] + va["dropped"]
             seconds = time.perf_counter() - started
             log.info(metrics.epoch_line(epoch, hps.epochs, tr, va, lr, seconds))
             log.info(profiling.perf_line(epoch, hps.epochs, {**perf, **gpu.summary()}))
@@ -375,15 +374,17 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
             job.checkpoint(epoch + 1, 0, {}, history, labels)
             start_step, partial = 0, {}
     job.debug.close()
+    # Each rank met the bad images of its own shards; the total is their sum.
+    bad_during_training = int(distributed.sum_all(world, [len(job.bad.seen)], rt.device)[0])
     distributed.barrier(world)
     if not world.main:
         return None
-    return finish(job, spec, labels, folders, history, dropped,
+    return finish(job, spec, labels, folders, history, bad_during_training,
                   (train_split, valid_split, test_split), out_dir, model_dir)
 
 
-def finish(job: Job, spec: Spec, labels, folders, history, dropped, splits, out_dir,
-           model_dir) -> dict:
+def finish(job: Job, spec: Spec, labels, folders, history, bad_in_training: int, splits,
+           out_dir, model_dir) -> dict:
     """Test predictions, rule verdicts and the exported model (rank 0)."""
     hps = job.hps
     train_split, valid_split, test_split = splits
@@ -391,12 +392,12 @@ def finish(job: Job, spec: Spec, labels, folders, history, dropped, splits, out_
     if test_split is not None:
         test, predictions = predict_split(job, test_split, spec, paths.channel_dir("test"),
                                           labels)
-        dropped += test["dropped"]
         log.info(metrics.test_line(test))
         artifacts.save_json(out_dir / "test_predictions.json", predictions)
     if job.debug.active:
         report_rules(job.debug.tensor_dir, out_dir)
 
+    dropped = bad_in_training + sum(n.startswith("test/") for n in job.bad.seen)
     skipped = {s.name: len(s.skipped) for s in splits if s}
     if dropped or any(skipped.values()):
         log.warning("images skipped as unreadable: %d at scan time %s, %d while decoding",

@@ -80,6 +80,13 @@ def test_truncated_image_is_dropped_at_decode_time(sm_base, tmp_path):
     from dogbreed_train.preprocess import Spec
 
     spec = Spec.for_size(32)
-    loader = data.loader(train, data.EvalTransform(spec), 64, False, 0, "skip", 0)
-    x, y, dropped = next(iter(loader))
-    assert dropped == 1 and len(y) == len(train.samples) - 1 and x.shape[1:] == (3, 32, 32)
+    loader = data.loader(train, data.EvalTransform(spec), 64, False, 0, 0)
+    x, y, bad = next(iter(loader))
+    assert len(y) == len(train.samples) - 1 and x.shape[1:] == (3, 32, 32)
+    assert [b.name for b in bad] == [f"train/{CLASSES[1]}/cut.jpg"]
+    tracker = data.BadImages("skip")
+    tracker.add(bad)
+    tracker.add(bad)  # the next epoch meets it again: still one image
+    assert tracker.seen == {f"train/{CLASSES[1]}/cut.jpg"}
+    with pytest.raises(UserError, match=f"train/{CLASSES[1]}/cut.jpg"):
+        data.BadImages("fail").add(bad)
