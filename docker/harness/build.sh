@@ -38,7 +38,19 @@ WHEELS=${DOGBREED_WHEELHOUSE:-$ROOT/.cache/wheelhouse}
 "$HERE/base-image.sh" "$LOCAL_BASE"
 "$HERE/wheelhouse.sh" "$WHEELS" "$LOCK"
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The wheel URL is a build arg, and a changed build arg invalidates Docker's layer cache:
+# a fixed port keeps rebuilds cached. Only when it is busy (two builds at once) does a
+# random port take its place, at the price of a full rebuild.
+PORT=$(python3 - "${DOGBREED_WHEEL_PORT:-47813}" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+PY
+)
 python3 -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$PORT" >/dev/null 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
