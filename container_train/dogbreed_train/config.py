@@ -65,7 +65,8 @@ class Hyperparameters(BaseModel):
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="mixed precision on GPU; auto = bf16 where supported, else fp16; "
                             "never on CPU")
-    compile: bool = Field(False, description="torch.compile the model (GPU; slower start)")
+    compile: bool = Field(False, description="torch.compile the model; needs gcc, which the "
+                                            "image lacks (see README)")
     profile_steps: str = Field(
         "", alias="profile-steps", pattern=r"^(\d+-\d+)?$",
         description="torch.profiler trace of training steps START-END, e.g. 20-30; "

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from . import artifacts, checkpoints, config, data, debugger, distributed, metrics, paths, profiling
+from .errors import UserError
 from .models import build_model
 from .preprocess import Spec, load_rgb
 from .stopping import Stopped, StopRequest
@@ -268,6 +270,10 @@ def build_job(hps: config.Hyperparameters, rt: Runtime, n_classes: int) -> Job:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(core, device_ids=ids)
     if hps.compile:
+        if not (shutil.which("cc") or shutil.which("gcc")):
+            raise UserError("compile=true needs a C compiler (gcc) for the kernels "
+                            "torch.compile generates, and this image has none; set "
+                            "compile=false, or build the image with gcc in its runtime stage.")
         model = torch.compile(model)
     criterion = nn.CrossEntropyLoss(label_smoothing=hps.label_smoothing)
     optimizer = make_optimizer(hps, core.parameters())

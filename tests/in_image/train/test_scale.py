@@ -232,3 +232,16 @@ def test_hosts_come_from_resourceconfig(sm_base, monkeypatch):
     cmd = launch.command()
     assert {"--nnodes=2", "--node-rank=1", "--master-addr=algo-1"} <= set(cmd)
     assert launch.environment()["GLOO_SOCKET_IFNAME"] == "eth1"
+
+
+def test_compile_without_a_compiler_says_so(sm_base, monkeypatch):
+    """torch.compile's kernels need gcc; the runtime image has none: say so up front."""
+    import shutil
+
+    from dogbreed_train import distributed, train
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    hps = config.parse({"model": "resnet18", "pretrained": "false", "compile": "true"})
+    rt = train.runtime_for(hps, distributed.World())
+    with pytest.raises(UserError, match="compile=true needs a C compiler"):
+        train.build_job(hps, rt, 3)
