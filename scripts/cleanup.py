@@ -26,9 +26,7 @@ from settings import ConfigError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = settings.parser(__doc__)
     p.add_argument("--endpoint", help="endpoint name (default: the last deploy.py)")
     p.add_argument("--model", action="append", default=[],
                    help="also delete this model (e.g. a batch transform's); repeatable")

@@ -35,9 +35,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = settings.parser(__doc__)
     p.add_argument("--source", default=DOG_IMAGES_URL,
                    help="URL of a .zip, a local .zip, or a local folder (default: %(default)s)")
     p.add_argument("--check-only", action="store_true",

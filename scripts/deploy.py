@@ -31,9 +31,7 @@ from settings import ConfigError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = settings.parser(__doc__)
     p.add_argument("--model-data", help="model.tar.gz (S3 URI; a local path with --local); "
                                         "default: the last train.py run")
     p.add_argument("--training-job", help="take the model of this training job")

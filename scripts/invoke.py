@@ -26,9 +26,7 @@ SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = settings.parser(__doc__)
     p.add_argument("paths", nargs="+", type=Path, help="image files or folders of images")
     p.add_argument("--endpoint", help="endpoint name (default: the last deploy.py)")
     p.add_argument("--top-k", type=int, default=3, help="labels per image (default: 3)")

@@ -28,9 +28,7 @@ WHICH = ("train", "serve")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = settings.parser(__doc__)
     p.add_argument("--only", choices=WHICH, action="append",
                    help="push only this image (repeatable; default: both)")
     build = p.add_mutually_exclusive_group()

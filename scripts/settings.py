@@ -71,6 +71,14 @@ FIELDS = {f.name: f for f in [
 ]}
 
 
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A step's parser: its docstring's first paragraph as the description, the rest
+    (examples) as the epilog of --help."""
+    summary, _, details = doc.partition("\n\n")
+    return argparse.ArgumentParser(description=summary, epilog=details,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -31,9 +31,7 @@ from settings import ConfigError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = settings.parser(__doc__)
     p.add_argument("--hyperparameters", type=Path, metavar="FILE",
                    help="best.json from tune.py, or a JSON object of hyperparameters")
     p.add_argument("--hp", action="append", metavar="NAME=VALUE",

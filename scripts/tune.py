@@ -41,9 +41,7 @@ SCALING = {"log": "Logarithmic", "linear": "Linear", "auto": "Auto",
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = settings.parser(__doc__)
     p.add_argument("--range", action="append", metavar="NAME=SPEC", dest="ranges",
                    help="override or add (or 'off') one hyperparameter range; repeatable")
     p.add_argument("--static", action="append", metavar="NAME=VALUE",

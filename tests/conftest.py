@@ -98,6 +98,17 @@ def trained_model(train_image, tmp_path_factory) -> TrainRun:
     return run
 
 
+@pytest.fixture(scope="module")
+def moto_server():
+    """A real moto server that records every request (tests/aws_stand_in.py)."""
+    from aws_stand_in import RecordingMotoServer
+
+    server = RecordingMotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def remove_local_mode_leftovers():
     """SDK local mode leaves containers and a network behind (and a failed local test

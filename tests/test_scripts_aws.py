@@ -26,7 +26,6 @@ from aws_stand_in import (
     REGION,
     ROLE,
     SCRIPTS,
-    RecordingMotoServer,
     explain,
     run_script,
     script_env,
@@ -40,14 +39,6 @@ import tune as tune_script  # noqa: E402
 
 METRIC_DEFS = json.loads(settings.METRIC_DEFINITIONS.read_text())
 STEPS = ["push", "data", "tune", "train", "deploy", "invoke", "cleanup"]
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    server = RecordingMotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import requests
 from aws_stand_in import (
     ACCOUNT,
     ROOT,
-    RecordingMotoServer,
     explain,
     run_script,
     script_env,
@@ -72,14 +71,6 @@ http:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    server = RecordingMotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
