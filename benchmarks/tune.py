@@ -4,12 +4,16 @@
     .venv/bin/python benchmarks/tune.py --config base: \
         --config delay1:DOGBREED_MAX_BATCH_DELAY_MS=1 \
         --config w2t1:SAGEMAKER_MODEL_SERVER_WORKERS=2
+    .venv/bin/python benchmarks/tune.py --config old@dogbreed-serve:latest: \
+        --config new@dogbreed-serve:dev: --cold-starts 5      # two images
 
 Every configuration runs in its own product container at the same time (idle while
 the others are measured). Each round: at concurrency 1, one bare forward (a probe in
 the first container) then one request to each configuration, repeated; then for each
 concurrency and configuration a bare-forward throughput window (batch 1) right before
 that configuration's load window. Prints medians over rounds of the ratios.
+With --cold-starts N, each configuration is first started N more times, alternating
+between configurations, and the median cold start (docker run -> first 200) is shown.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", required=True,
-                    help="NAME:KEY=VALUE,KEY=VALUE (empty after the colon: defaults)")
+                    help="NAME[@IMAGE]:KEY=VALUE,KEY=VALUE (empty after the colon: "
+                         "defaults; IMAGE defaults to --image)")
     ap.add_argument("--mount", action="append", default=[],
                     help="NAME:HOSTFILE=CONTAINERFILE extra read-only mount for one config")
     ap.add_argument("--image", default="dogbreed-serve:latest")
@@ -39,14 +44,18 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=10)
     ap.add_argument("--window", type=float, default=4)
     ap.add_argument("--concurrency", default="4,16")
+    ap.add_argument("--cold-starts", type=int, default=0,
+                    help="extra fresh starts per configuration, alternated")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     body, _ = request_image(None, HERE.parent / ".cache" / "bench")
     concs = [int(c) for c in args.concurrency.split(",")]
-    configs = {}
+    configs, images = {}, {}
     for spec in args.config:
         name, _, env = spec.partition(":")
+        name, _, image = name.partition("@")
         configs[name] = dict(kv.split("=", 1) for kv in env.split(",") if kv)
+        images[name] = image or args.image
     mounts: dict[str, dict] = {name: {HERE: "/bench"} for name in configs}
     for spec in args.mount:
         name, _, pair = spec.partition(":")
@@ -55,10 +64,19 @@ def main() -> int:
     conts: dict[str, Container] = {}
     rows: dict[str, dict[str, list]] = {n: {} for n in [*configs, "forward"]}
     probe = None
+    colds: dict[str, list] = {name: [] for name in configs}
     try:
+        for _ in range(args.cold_starts):
+            for name, env in configs.items():
+                c = Container(images[name], args.model_dir, env=env, mounts=mounts[name])
+                try:
+                    colds[name].append(c.start(body))
+                finally:
+                    c.stop()
         for name, env in configs.items():
-            conts[name] = Container(args.image, args.model_dir, env=env, mounts=mounts[name])
-            print(f"{name}: cold start {conts[name].start(body):.1f} s", file=sys.stderr)
+            conts[name] = Container(images[name], args.model_dir, env=env, mounts=mounts[name])
+            colds[name].append(conts[name].start(body))
+            print(f"{name}: cold starts {[round(s, 1) for s in colds[name]]} s", file=sys.stderr)
         probe = Probe(next(iter(conts.values())), "/opt/ml/model", None)
         conns: dict = {}
         for c in conts.values():
@@ -93,16 +111,18 @@ def main() -> int:
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in rows.items()}
     fwd = med["forward"]
     print("medians over rounds; ratios are per round against the forward measured just before")
-    print(f"{'config':12} {'c1 p50 ms':>10} {'c1/fwd':>7} " +
+    print(f"{'config':12} {'cold s':>6} {'c1 p50 ms':>10} {'c1/fwd':>7} " +
           " ".join(f"{'c%d rps' % c:>8} {'/fwd':>5}" for c in concs))
-    print(f"{'forward':12} {fwd['b1_ms']:10.1f} {'':>7} " +
+    print(f"{'forward':12} {'':>6} {fwd['b1_ms']:10.1f} {'':>7} " +
           " ".join(f"{fwd['ips']:8.2f} {'':>5}" for _ in concs))
     for name in configs:
         m = med[name]
-        print(f"{name:12} {m['c1_ms']:10.1f} {m['c1_ratio']:7.2f} " +
+        print(f"{name:12} {statistics.median(colds[name]):6.1f} {m['c1_ms']:10.1f} "
+              f"{m['c1_ratio']:7.2f} " +
               " ".join(f"{m[f'c{c}_rps']:8.2f} {m[f'c{c}_ratio']:5.2f}" for c in concs))
     if args.json:
-        args.json.write_text(json.dumps({"configs": configs, "rounds": rows, "median": med}))
+        args.json.write_text(json.dumps({"configs": configs, "images": images, "rounds": rows,
+                                         "median": med, "cold_starts": colds}))
     return 0
 
 

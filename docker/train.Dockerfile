@@ -25,8 +25,10 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 COPY container_train/requirements.lock /tmp/requirements.lock
 # --no-deps: the lock is complete (and overrides smdebug's protobuf pin, see overrides.txt).
-RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.lock \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+# pip's compiled bytecode stays in the image (PYTHONDONTWRITEBYTECODE below stops it
+# being written at run time): without it `import torch` alone compiles for 4-5 s in
+# every process at every start (docs/benchmarks.md).
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.lock
 
 # ---- runtime
 FROM ${BASE_IMAGE}

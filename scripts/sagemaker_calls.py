@@ -107,18 +107,34 @@ def remove_local_containers(container_root: Path) -> None:
         subprocess.run([docker, "rm", "-f", *ids], capture_output=True)
 
 
-def remove_leftovers(images: list[str]) -> None:
-    """Local mode leaves its containers (named ...-algo-N-...) and a network behind."""
+def local_mode_containers(images: list[str]) -> set[str]:
+    """IDs of local mode's containers (named ...-algo-N-...) of these images."""
     import shutil
     import subprocess
 
     docker = shutil.which("docker", path="/usr/bin") or "docker"
+    ids: set[str] = set()
     for image in images:
-        ids = subprocess.run([docker, "ps", "-aq", "--filter", f"ancestor={image}",
-                              "--filter", "name=algo-"], capture_output=True,
-                             text=True).stdout.split()
-        if ids:
-            subprocess.run([docker, "rm", "-f", *ids], capture_output=True)
+        ids.update(subprocess.run([docker, "ps", "-aq", "--filter", f"ancestor={image}",
+                                   "--filter", "name=algo-"], capture_output=True,
+                                  text=True).stdout.split())
+    return ids
+
+
+def remove_leftovers(images: list[str], keep: set[str] = frozenset()) -> None:
+    """Local mode leaves its containers and a network behind.
+
+    ``keep``: containers that existed before this run started (another user's
+    local-mode job on the same Docker engine) are left alone.
+    """
+    import shutil
+    import subprocess
+
+    docker = shutil.which("docker", path="/usr/bin") or "docker"
+    ids = local_mode_containers(images) - set(keep)
+    if ids:
+        subprocess.run([docker, "rm", "-f", *ids], capture_output=True)
+    # Docker refuses to remove a network that is still in use: another run keeps it.
     subprocess.run([docker, "network", "rm", "sagemaker-local"], capture_output=True)
 
 

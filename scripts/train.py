@@ -19,6 +19,7 @@ rules' statuses, the final metrics, and where the model and the profiler report 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tarfile
@@ -200,11 +201,10 @@ def main(argv=None) -> int:
         sagemaker_calls.fit(est, channels, wait=not args.detach, logs=not args.quiet,
                             job_name=job)
     except Exception:
-        try:  # say what SageMaker knows about the job, then the error line
+        # Say what SageMaker knows about the job, then the error: the original error
+        # matters more than a failed describe.
+        with contextlib.suppress(Exception):
             print(summary(sagemaker_calls.describe_training_job(sm, job)))
-        # The original error matters more than a failed describe (bandit B110).
-        except Exception:  # nosec B110
-            pass
         raise
     if args.detach:
         print(f"detached; later: scripts/train.py --report {job}")

@@ -16,9 +16,14 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from .preprocess import MAX_PIXELS, Spec, eval_array, load_rgb
+from .preprocess import MAX_PIXELS, Spec, load_eval_array
 
 log = logging.getLogger("dogbreed_serve")
+
+# Pillow warns (to the log) about damaged EXIF, truncated reads and large images;
+# each request's own answer already says what was wrong with it. Set once for the
+# process: warnings.catch_warnings() is not safe in handler.py's decode threads.
+warnings.filterwarnings("ignore", module="PIL")
 
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/x-image"}
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
@@ -95,25 +100,21 @@ def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec)
     body = bytes(body)
     if sniff(body) is None:
         raise ClientError(400, NOT_AN_IMAGE)
-    # Pillow warns (to the log) about damaged EXIF, truncated reads and large images;
-    # each request's own answer already says what was wrong with it.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        check_dimensions(body, spec)
-        try:
-            return eval_array(load_rgb(body), spec)
-        except ValueError as exc:  # load_rgb's own: "image too large", "not a readable" ...
-            text = str(exc)
-            if text.startswith("image too large"):
-                raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} "
-                                       "pixels") from None
-            raise ClientError(400, UNREADABLE if text.startswith("not a readable")
-                              else CORRUPT) from None
-        except MemoryError:
-            raise ClientError(413, "image too large to decode") from None
-        except Exception as exc:  # noqa: BLE001 - e.g. struct.error from damaged metadata
-            log.warning("undecodable %s image: %s", sniff(body), type(exc).__name__)
-            raise ClientError(400, UNDECODABLE) from None
+    check_dimensions(body, spec)
+    try:
+        return load_eval_array(body, spec)
+    except ValueError as exc:  # load_rgb's own: "image too large", "not a readable" ...
+        text = str(exc)
+        if text.startswith("image too large"):
+            raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} "
+                                   "pixels") from None
+        raise ClientError(400, UNREADABLE if text.startswith("not a readable")
+                          else CORRUPT) from None
+    except MemoryError:
+        raise ClientError(413, "image too large to decode") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. struct.error from damaged metadata
+        log.warning("undecodable %s image: %s", sniff(body), type(exc).__name__)
+        raise ClientError(400, UNDECODABLE) from None
 
 
 def parse_top_k(custom_attributes: str | None, default: int) -> int:

@@ -1,7 +1,8 @@
 """multi-model-server handler: a whole batch of requests in, one answer per request out.
 
 MMS hands ``handle`` up to DOGBREED_MAX_BATCH requests at once. Each is decoded on
-its own, so one bad image gets its own 4xx and the rest are still answered; the
+its own (in a small thread pool: Pillow releases the GIL while it decodes and
+resizes), so one bad image gets its own 4xx and the rest are still answered; the
 good ones go through the network as a single batch. Nothing here raises: an
 exception in a handler would make MMS answer 503 for the whole batch.
 
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -28,6 +30,10 @@ from .settings import Settings
 log = logging.getLogger("dogbreed_serve")
 
 _service: "Service | None" = None
+
+# At most this many images of one batch are decoded at once: each may take up to
+# MAX_PIXELS x 3 bytes while it decodes (docs/hardening.md).
+DECODE_THREADS = 4
 
 
 def _header(context, idx: int, name: str) -> str | None:
@@ -54,6 +60,7 @@ class Service:
         start = time.perf_counter()
         self.model = Classifier(model_dir, intra_op_threads=threads)
         self.model.warm_up()
+        self.pool = ThreadPoolExecutor(min(threads, DECODE_THREADS), thread_name_prefix="decode")
         log.info("model loaded and warmed up in %.2f s (%d classes, %s, %d threads)",
                  time.perf_counter() - start, len(self.model.labels), self.model.device, threads)
 
@@ -61,22 +68,13 @@ class Service:
         n = len(data)
         answers: list[str | None] = [None] * n
         arrays, slots, ks = [], [], []
-        for i, item in enumerate(data):
-            try:
-                body = item.get("body") if isinstance(item, dict) else None
-                if body is None and isinstance(item, dict):
-                    body = item.get("data")
-                k = parse_top_k(_header(context, i, "X-Amzn-SageMaker-Custom-Attributes"),
-                                self.settings.top_k)
-                arrays.append(decode(body, _header(context, i, "content-type"),
-                                     self.model.spec))
+        for i, result in enumerate(self.pool.map(self._decode, data, [context] * n, range(n))):
+            if isinstance(result, ClientError):
+                answers[i] = self._error(context, i, result.status, result.message)
+            else:
+                arrays.append(result[0])
                 slots.append(i)
-                ks.append(k)
-            except ClientError as exc:
-                answers[i] = self._error(context, i, exc.status, exc.message)
-            except Exception:  # noqa: BLE001 - a bad request must never kill the batch
-                log.exception("unexpected error decoding request %d", i)
-                answers[i] = self._error(context, i, 400, "the image could not be decoded")
+                ks.append(result[1])
         if arrays:
             try:
                 probs = self.model.probabilities(np.stack(arrays))
@@ -87,6 +85,21 @@ class Service:
                 for i in slots:
                     answers[i] = self._error(context, i, 500, "inference failed")
         return answers  # type: ignore[return-value]
+
+    def _decode(self, item, context, i: int) -> "tuple[np.ndarray, int] | ClientError":
+        """One request to (model input, top_k), or the ClientError to answer it with."""
+        try:
+            body = item.get("body") if isinstance(item, dict) else None
+            if body is None and isinstance(item, dict):
+                body = item.get("data")
+            k = parse_top_k(_header(context, i, "X-Amzn-SageMaker-Custom-Attributes"),
+                            self.settings.top_k)
+            return decode(body, _header(context, i, "content-type"), self.model.spec), k
+        except ClientError as exc:
+            return exc
+        except Exception:  # noqa: BLE001 - a bad request must never kill the batch
+            log.exception("unexpected error decoding request %d", i)
+            return ClientError(400, "the image could not be decoded")
 
     @staticmethod
     def _error(context, idx: int, status: int, message: str) -> str:

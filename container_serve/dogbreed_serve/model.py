@@ -67,5 +67,14 @@ class Classifier:
 
 
 def threads_for(workers: int) -> int:
+    """ONNX Runtime threads per worker: twice the CPUs shared out, at most all of them.
+
+    A worker spends part of each call decoding JPEGs on one core, so with exactly
+    CPUs/workers threads some cores would idle while it decodes. Two workers with
+    all the CPUs each let one decode while the other runs the network at full width,
+    and a lone request still gets every core. Idle threads sleep, not spin
+    (DOGBREED_ORT_SPINNING), so the 2x oversubscription costs little
+    (docs/benchmarks.md: measured on 2 CPUs).
+    """
     cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, workers))
+    return max(1, min(cpus, 2 * cpus // max(1, workers)))

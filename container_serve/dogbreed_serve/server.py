@@ -48,12 +48,15 @@ CONF = Path(__file__).with_name("conf")
 
 
 def default_workers() -> int:
-    """One worker per GPU, else one per two CPUs (ONNX Runtime threads share them)."""
+    """One worker on a GPU; on CPUs two, so that one decodes while the other computes.
+
+    Each CPU worker gets ONNX Runtime threads for all the CPUs (model.threads_for).
+    """
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return 1
-    return max(1, (os.cpu_count() or 1) // 2)
+    return min(2, os.cpu_count() or 1)
 
 
 def free_ports(count: int, avoid: int) -> list[int]:

@@ -174,7 +174,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         path, label = self.split.samples[i]
         try:
-            img = load_rgb(path)
+            # The evaluation transform lets JPEGs decode at reduced scale (load_rgb).
+            img = load_rgb(path, min_side=getattr(self.transform, "min_side", 0))
         except ValueError as exc:
             return BadImage(sample_name(self.split, path), str(exc))
         return self.transform(img), label
@@ -207,10 +208,15 @@ def train_transform(spec: Spec, augment: bool):
 
 
 class EvalTransform:
-    """The shared evaluation transform (preprocess.eval_array) as a tensor."""
+    """The shared evaluation transform (preprocess.eval_array) as a tensor.
+
+    ``min_side`` tells ImageDataset how small a JPEG may be decoded, so that
+    validation and test decode exactly as the endpoint does (load_eval_array).
+    """
 
     def __init__(self, spec: Spec):
         self.spec = spec
+        self.min_side = spec.resize_size
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return torch.from_numpy(eval_array(img, self.spec))

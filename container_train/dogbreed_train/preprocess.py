@@ -1,7 +1,7 @@
 """How an image file becomes model input: the single definition for both images.
 
-Training uses ``load_rgb`` for every image and ``eval_array`` for validation and
-test; the serving image installs this same file (see docker/serve.Dockerfile), so
+Training uses ``load_rgb`` for its augmented images and ``load_eval_array`` for
+validation and test; the serving image installs this same file (see docker/serve.Dockerfile), so
 an endpoint sees exactly what evaluation saw. Only Pillow and NumPy: no torch.
 """
 
@@ -58,8 +58,12 @@ def open_image(source: bytes | str | Path) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Apply EXIF orientation and bring any mode (L, P, RGBA, CMYK, 16-bit) to 8-bit RGB."""
-    img = ImageOps.exif_transpose(img)
+    """Apply EXIF orientation and bring any mode (L, P, RGBA, CMYK, 16-bit) to 8-bit RGB.
+
+    Works in place where it can: an upright RGB photo comes back as the same object,
+    without the two full-size copies that exif_transpose and convert would make.
+    """
+    ImageOps.exif_transpose(img, in_place=True)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if arr.max() > 255 else 255.0
@@ -73,13 +77,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_rgb(source: bytes | str | Path) -> Image.Image:
-    """Decode a JPEG/PNG (bytes or path) to RGB. Raises ValueError if it cannot."""
+def load_rgb(source: bytes | str | Path, min_side: int = 0) -> Image.Image:
+    """Decode a JPEG/PNG (bytes or path) to RGB. Raises ValueError if it cannot.
+
+    With ``min_side``, a JPEG is decoded straight to 1/2, 1/4 or 1/8 of its size
+    (libjpeg's DCT scaling) as long as both sides stay at least ``min_side`` pixels.
+    The evaluation transform passes its resize size, which it would shrink the image
+    to anyway: a 768x576 photo then costs half the decoding time
+    (docs/benchmarks.md). Training's random crops decode at full size.
+    """
     img = open_image(source)
     try:
+        if min_side and img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
         img.load()
         return to_rgb(img)
     except Image.DecompressionBombError as exc:
@@ -112,3 +125,8 @@ def normalize(img: Image.Image, spec: Spec) -> np.ndarray:
 def eval_array(img: Image.Image, spec: Spec) -> np.ndarray:
     """The evaluation transform: an RGB image to a normalized CHW float32 array."""
     return normalize(resize_crop(img, spec), spec)
+
+
+def load_eval_array(source: bytes | str | Path, spec: Spec) -> np.ndarray:
+    """An image file to model input, exactly as evaluation and the endpoint see it."""
+    return eval_array(load_rgb(source, min_side=spec.resize_size), spec)

@@ -29,7 +29,7 @@ from torch import nn
 from . import artifacts, checkpoints, config, data, debugger, distributed, metrics, paths, profiling
 from .errors import UserError
 from .models import build_model
-from .preprocess import Spec, load_rgb
+from .preprocess import Spec, load_eval_array
 from .stopping import Stopped, StopRequest
 
 log = logging.getLogger("dogbreed_train")
@@ -232,14 +232,13 @@ def predict_split(job: Job, split: data.Split, spec: Spec, root, labels) -> tupl
     answers the same (tests/test_serve_container.py).
     """
     job.core.eval()
-    transform = data.EvalTransform(spec)
     rows, loss, correct = [], 0.0, 0
     size = job.hps.test_batch_size
     for start in range(0, len(split.samples), size):
         chunk, tensors = [], []
         for path, label in split.samples[start:start + size]:
             try:
-                tensors.append(transform(load_rgb(path)))
+                tensors.append(torch.from_numpy(load_eval_array(path, spec)))
                 chunk.append((path, label))
             except ValueError as exc:
                 job.bad.add([data.BadImage(data.sample_name(split, path), str(exc))])

@@ -54,7 +54,7 @@ PY
 python3 -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$PORT" >/dev/null 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do python3 - "$PORT" <<'PY' && break || sleep 0.1
+for _ in $(seq 1 50); do python3 - "$PORT" 2>/dev/null <<'PY' && break || sleep 0.1
 import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)
 PY
 done
