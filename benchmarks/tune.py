@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.photo import request_image  # noqa: E402
 from benchmarks.serving import Container, Probe, load, one_request  # noqa: E402
+
+# NAME[@IMAGE[:TAG]]:ENV -- a tag has no '=' or ',', which tells it from the environment.
+CONFIG = re.compile(r"^(?P<name>[^@:]+)(@(?P<image>[^:]+(:[^:=,]+)?))?:(?P<env>.*)$")
 
 
 def main() -> int:
@@ -52,10 +56,12 @@ def main() -> int:
     concs = [int(c) for c in args.concurrency.split(",")]
     configs, images = {}, {}
     for spec in args.config:
-        name, _, env = spec.partition(":")
-        name, _, image = name.partition("@")
+        m = CONFIG.match(spec)
+        if not m:
+            ap.error(f"--config {spec!r}: expected NAME[@IMAGE[:TAG]]:KEY=VALUE,...")
+        name, env = m["name"], m["env"]
         configs[name] = dict(kv.split("=", 1) for kv in env.split(",") if kv)
-        images[name] = image or args.image
+        images[name] = m["image"] or args.image
     mounts: dict[str, dict] = {name: {HERE: "/bench"} for name in configs}
     for spec in args.mount:
         name, _, pair = spec.partition(":")
