@@ -76,6 +76,14 @@ def free_ports(count: int, avoid: int) -> list[int]:
     raise RuntimeError("no free loopback ports for multi-model-server")
 
 
+# The toolkit's default (-XX:-UseContainerSupport) plus two flags for a frontend that
+# only moves bytes between sockets: the C1 compiler alone (C2's compile threads kept
+# burning CPU for minutes) and the serial collector. At concurrency 16 on 2 CPUs they
+# took the JVM from 4.3-4.9 to 1.7-1.9 ms of CPU per request (docs/benchmarks.md).
+# SAGEMAKER_MODEL_SERVER_VMARGS replaces them all.
+JVM_ARGS = "-XX:-UseContainerSupport -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+
+
 def mms_properties(env: Environment, inference_port: int, management_port: int,
                    workers: int, max_body: int) -> str:
     lines = {
@@ -84,7 +92,7 @@ def mms_properties(env: Environment, inference_port: int, management_port: int,
         "default_workers_per_model": workers,
         "default_response_timeout": env.model_server_timeout,
         "max_request_size": max_body + 65536,
-        "vmargs": env.vmargs,
+        "vmargs": os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS") or JVM_ARGS,
         "decode_input_request": "false",
     }
     return "".join(f"{k}={v}\n" for k, v in lines.items())
