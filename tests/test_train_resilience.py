@@ -335,18 +335,23 @@ def test_out_of_range_hyperparameters_fail_clearly(train_image, tmp_path):
     assert "Traceback" not in run.failure
 
 
+def assert_checkpoint_refused(run, message_start: str) -> None:
+    """Exit 2 before any training, and a first failure line that says what to do."""
+    assert run.rc == 2, run.log[-3000:]
+    first = run.failure.splitlines()[0]
+    assert first.startswith(message_start), first
+    assert "Delete it" in first
+    assert epochs_trained(run.log) == []
+
+
 def test_corrupt_checkpoint_fails_and_is_kept(train_image, tmp_path):
     root = opt_ml(tmp_path, HPS, DATA)
     corrupt = os.urandom(4096)
     (root / "checkpoints").mkdir()
     (root / "checkpoints" / "checkpoint.pt").write_bytes(corrupt)
     run = run_train(train_image, root, *THREADS)
-    assert run.rc == 2, run.log[-3000:]
-    first = run.failure.splitlines()[0]
-    assert first.startswith("UserError: the checkpoint /opt/ml/checkpoints/checkpoint.pt "
-                            "cannot be read"), first
-    assert "Delete it" in first
-    assert epochs_trained(run.log) == []
+    assert_checkpoint_refused(run, "UserError: the checkpoint /opt/ml/checkpoints/"
+                                   "checkpoint.pt cannot be read")
     # Not silently replaced by a fresh run: the user decides.
     assert (root / "checkpoints" / "checkpoint.pt").read_bytes() == corrupt
 
@@ -376,11 +381,7 @@ def test_checkpoint_is_reused_by_its_own_run_and_refused_by_another(train_image,
     (root / "input" / "config" / "hyperparameters.json").write_text(
         json.dumps({**HPS, "epochs": "1", "image-size": "48"}))
     other = run_train(train_image, root, *THREADS)
-    assert other.rc == 2, other.log[-3000:]
-    first = other.failure.splitlines()[0]
-    assert first.startswith("UserError: the checkpoint in /opt/ml/checkpoints belongs to "
-                            "another training run (different image-size)"), first
-    assert "Delete it" in first
-    assert epochs_trained(other.log) == []
+    assert_checkpoint_refused(other, "UserError: the checkpoint in /opt/ml/checkpoints "
+                                     "belongs to another training run (different image-size)")
     assert checkpoint.read_bytes() == before
     assert (root / "model" / "model.onnx").stat().st_mtime_ns == model_before
