@@ -65,7 +65,6 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     start = time.monotonic()
     sagemaker_calls.opt_out_of_telemetry(out / ".sagemaker")
-    others = sagemaker_calls.local_mode_containers([args.train_image, args.serve_image])
 
     step(1, "preparing Fashion-MNIST in the dog dataset's layout")
     data = demodata.prepare(out / "data", {"train": args.train_per_class,
@@ -116,7 +115,7 @@ def main(argv=None) -> int:
     finally:
         step(5, "deleting the local endpoint and local mode's leftover containers")
         predictor.delete_endpoint()
-        sagemaker_calls.remove_leftovers([args.train_image, args.serve_image], keep=others)
+        sagemaker_calls.remove_leftovers(out / ".containers")
 
     summary = {"model_data": tarball, "valid_acc": metrics["valid_acc"],
                "test_acc": metrics["test_acc"], "endpoint_acc": correct / len(rows),

@@ -107,33 +107,15 @@ def remove_local_containers(container_root: Path) -> None:
         subprocess.run([docker, "rm", "-f", *ids], capture_output=True)
 
 
-def local_mode_containers(images: list[str]) -> set[str]:
-    """IDs of local mode's containers (named ...-algo-N-...) of these images."""
+def remove_leftovers(container_root: Path) -> None:
+    """What local mode leaves behind: the containers of the sessions under
+    container_root (remove_local_containers: only this run's, not those of other
+    runs on the same Docker engine), then its network."""
     import shutil
     import subprocess
 
+    remove_local_containers(container_root)
     docker = shutil.which("docker", path="/usr/bin") or "docker"
-    ids: set[str] = set()
-    for image in images:
-        ids.update(subprocess.run([docker, "ps", "-aq", "--filter", f"ancestor={image}",
-                                   "--filter", "name=algo-"], capture_output=True,
-                                  text=True).stdout.split())
-    return ids
-
-
-def remove_leftovers(images: list[str], keep: set[str] = frozenset()) -> None:
-    """Local mode leaves its containers and a network behind.
-
-    ``keep``: containers that existed before this run started (another user's
-    local-mode job on the same Docker engine) are left alone.
-    """
-    import shutil
-    import subprocess
-
-    docker = shutil.which("docker", path="/usr/bin") or "docker"
-    ids = local_mode_containers(images) - set(keep)
-    if ids:
-        subprocess.run([docker, "rm", "-f", *ids], capture_output=True)
     # Docker refuses to remove a network that is still in use: another run keeps it.
     subprocess.run([docker, "network", "rm", "sagemaker-local"], capture_output=True)
 

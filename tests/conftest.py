@@ -110,12 +110,11 @@ def moto_server():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def remove_local_mode_leftovers():
+def remove_local_mode_leftovers(tmp_path_factory):
     """SDK local mode leaves containers and a network behind (and a failed local test
     can leave one running, which keeps the SDK's log thread and so pytest alive).
-    Only this test run's: other runs on the same Docker engine keep theirs."""
-    from sdk import local_mode_containers, remove_leftovers
-
-    before = local_mode_containers([TRAIN_IMAGE, SERVE_IMAGE])
+    Every local session of this run lives under its base temp folder: only those go."""
     yield
-    remove_leftovers([TRAIN_IMAGE, SERVE_IMAGE], keep=before)
+    from sdk import remove_leftovers
+
+    remove_leftovers(tmp_path_factory.getbasetemp())

@@ -6,8 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from sagemaker_calls import LOCAL_ROLE as ROLE
-from sagemaker_calls import local_mode_containers, opt_out_of_telemetry, remove_leftovers
+from sagemaker_calls import opt_out_of_telemetry, remove_leftovers
 from sagemaker_calls import session as local_session
 
-__all__ = ["ROLE", "local_mode_containers", "local_session", "opt_out_of_telemetry",
-           "remove_leftovers"]
+__all__ = ["ROLE", "local_session", "opt_out_of_telemetry", "remove_leftovers"]
