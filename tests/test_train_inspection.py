@@ -104,13 +104,20 @@ def test_profiler_trace_and_perf_lines(inspected_run):
 
 def test_two_processes_train_one_model(train_image, tmp_path):
     """torchrun with two CPU processes (gloo): metrics over both, one set of artifacts."""
-    root = opt_ml(tmp_path, {**TINY_HPS, "epochs": "2"}, {"train": 9, "valid": 3, "test": 3})
+    root = opt_ml(tmp_path, {**TINY_HPS, "epochs": "2", "bad-images": "skip"},
+                  {"train": 9, "valid": 3, "test": 3})
+    # A JPEG cut off mid-data (its header passes the scan): each epoch one rank or the
+    # other meets it, and it is still one skipped image.
+    folder = root / "input" / "data" / "train" / "002.Green_bars"
+    source = folder / "000.jpg"
+    (folder / "truncated.jpg").write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     run = run_train(train_image, root, "-e", "DOGBREED_PROCS_PER_HOST=2")
     assert run.rc == 0, run.log[-3000:]
     assert "--nproc-per-node=2" in run.log and "2 process(es)" in run.log
     assert len(re.findall(r"METRIC epoch=\d", run.log)) == 2  # rank 0 alone logs
     record = json.loads((root / "output" / "data" / "metrics.json").read_text())
-    assert record["images"]["train"] == 27 and record["test"]["images"] == 9
+    assert record["images"]["train"] == 28 and record["test"]["images"] == 9
+    assert record["skipped_images"]["decode"] == 1, record["skipped_images"]
     # Each rank validated its own shard; together every image counted once.
     assert [h["valid_images"] for h in record["history"]] == [9, 9]
     meta = json.loads((root / "model" / "model.json").read_text())

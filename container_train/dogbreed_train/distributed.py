@@ -72,6 +72,15 @@ def any_rank(world: World, flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def union_all(world: World, items: set) -> set:
+    """The union of every rank's set (names of the bad images each rank met)."""
+    if not world.distributed:
+        return set(items)
+    boxes: list = [None] * world.size
+    dist.all_gather_object(boxes, sorted(items))
+    return set().union(*boxes)
+
+
 def broadcast(world: World, obj, device: torch.device):
     """Rank 0's object on every rank (a resumed checkpoint)."""
     if not world.distributed:

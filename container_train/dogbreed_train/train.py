@@ -150,6 +150,9 @@ class Job:
 
     def checkpoint(self, next_epoch: int, next_step: int, partial: dict, history: list,
                    labels: list[str]) -> None:
+        # Every rank calls this: the shards change every epoch, so each rank may have
+        # met bad images the others have not, and the checkpoint keeps them all.
+        self.bad.seen = distributed.union_all(self.rt.world, self.bad.seen)
         if not self.rt.world.main:
             return
         target = checkpoints.save({
@@ -379,17 +382,17 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
             job.checkpoint(epoch + 1, 0, {}, history, labels)
             start_step, partial = 0, {}
     job.debug.close()
-    # Each rank met the bad images of its own shards; the total is their sum.
-    bad_during_training = int(distributed.sum_all(world, [len(job.bad.seen)], rt.device)[0])
+    # A bad image met by two ranks (in different epochs' shards) counts once.
+    job.bad.seen = distributed.union_all(world, job.bad.seen)
     distributed.barrier(world)
     if not world.main:
         return None
-    return finish(job, spec, labels, folders, history, bad_during_training,
+    return finish(job, spec, labels, folders, history,
                   (train_split, valid_split, test_split), out_dir, model_dir)
 
 
-def finish(job: Job, spec: Spec, labels, folders, history, bad_in_training: int, splits,
-           out_dir, model_dir) -> dict:
+def finish(job: Job, spec: Spec, labels, folders, history, splits, out_dir,
+           model_dir) -> dict:
     """Test predictions, rule verdicts and the exported model (rank 0)."""
     hps = job.hps
     train_split, valid_split, test_split = splits
@@ -402,7 +405,7 @@ def finish(job: Job, spec: Spec, labels, folders, history, bad_in_training: int,
     if job.debug.active:
         report_rules(job.debug.tensor_dir, out_dir)
 
-    dropped = bad_in_training + sum(n.startswith("test/") for n in job.bad.seen)
+    dropped = len(job.bad.seen)  # training's, from every rank, and the test set's
     skipped = {s.name: len(s.skipped) for s in splits if s}
     if dropped or any(skipped.values()):
         log.warning("images skipped as unreadable: %d at scan time %s, %d while decoding",
