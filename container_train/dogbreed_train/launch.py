@@ -10,8 +10,9 @@ One GPU and one host: ``python -m dogbreed_train``. Several GPUs or several host
 torchrun starts one process per GPU (one per host on CPU) on every host, with
 the first host as the rendezvous. Hosts come from resourceconfig.json (SM_HOSTS and
 SM_CURRENT_HOST win when set); the toolkit does not export SM_* variables into its
-own process. DOGBREED_PROCS_PER_HOST overrides the number of processes per host. The toolkit's process is PID 1 in the
-container, so it passes SIGTERM on to the program (which saves a checkpoint).
+own process. DOGBREED_PROCS_PER_HOST overrides the number of processes per host.
+The toolkit's process is PID 1 in the container, so it passes SIGTERM on to the
+program (which saves a checkpoint).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """How an image file becomes model input: the single definition for both images.
 
 Training uses ``load_rgb`` for its augmented images and ``load_eval_array`` for
-validation and test; the serving image installs this same file (see docker/serve.Dockerfile), so
-an endpoint sees exactly what evaluation saw. Only Pillow and NumPy: no torch.
+validation and test; the serving image installs this same file (see
+docker/serve.Dockerfile), so an endpoint sees exactly what evaluation saw. Only Pillow
+and NumPy: no torch.
 """
 
 from __future__ import annotations
