@@ -68,13 +68,18 @@ def make_jpegs(root: Path, count: int, classes: int, size=(500, 375), seed: int 
     return data.Split("train", samples)
 
 
-def step_fn(model, optimizer, device, amp: bool):
+def step_fn(model, optimizer, device, amp: bool, dtype: torch.dtype = torch.bfloat16,
+            channels_last: bool = False):
+    """train.py's step; a GradScaler only for fp16 (bf16 needs no loss scaling)."""
     criterion = nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16
+                                  and device.type == "cuda")
+    amp_dtype = torch.bfloat16 if device.type == "cpu" else dtype
 
     def step(x, y):
         x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
@@ -125,7 +130,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--amp", action="store_true", help="autocast (fp16 on cuda, bf16 on cpu)")
+    ap.add_argument("--amp", action="store_true",
+                    help="autocast: bf16 (the training program's default where the GPU has it)")
+    ap.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -153,7 +160,9 @@ def main() -> int:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = step_fn(model, optimizer, device, args.amp)
+    step = step_fn(model, optimizer, device, args.amp,
+                   torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16,
+                   args.channels_last)
 
     per_round = (args.steps + args.warmup) * args.batch_size
     n_images = min(args.max_images, per_round * args.rounds)
