@@ -134,6 +134,9 @@ class Service:
             return decode(body, _header(context, i, "content-type"), self.model.spec,
                           self.settings.decode_timeout_s, self.memory), k
         except ClientError as exc:
+            # The reason, with the request id, for whoever reads the log (the answer
+            # and nginx's access line carry only the status).
+            log.info("answered %d: %s", exc.status, exc.message)
             return exc
         except Exception:  # noqa: BLE001 - a bad request must never kill the batch
             log.exception("unexpected error decoding the request")
