@@ -96,13 +96,19 @@ def test_docker_stop_drains_concurrent_load(serve_image, trained_model):
 def test_restarted_container_serves_again(serve_image, trained_model):
     """docker restart keeps /tmp: the second start must not trip over the first's files."""
     srv = Server(serve_image, trained_model.root / "model")
+
+    def republished():  # a new start publishes on a new host port
+        port = docker("port", srv.id, "8080").stdout.splitlines()[0].rsplit(":", 1)[1]
+        srv.url = f"http://127.0.0.1:{port}"
     try:
         srv.wait_ready()
         docker("restart", "-t", "30", srv.id)
+        republished()
         srv.wait_ready(timeout=90)
         assert srv.invoke(GOOD[1], GOOD[2]).status_code == 200
         docker("stop", "-t", "30", srv.id)
         docker("start", srv.id)
+        republished()
         srv.wait_ready(timeout=90)
         assert srv.invoke(GOOD[1], GOOD[2]).status_code == 200
         assert "already running" not in logs(srv.id)
