@@ -101,6 +101,32 @@ def png_with_html(img: Image.Image) -> bytes:
     return encode(img, "PNG", pnginfo=info)
 
 
+def progressive_with_empty_scans(scans: int, size: int = 2000) -> bytes:
+    """A progressive JPEG followed by ``scans`` scans without data (10 bytes each):
+    each one still costs the decoder a pass over every block of the image."""
+    jpeg = encode(Image.new("RGB", (size, size), "white"), "JPEG", progressive=True)
+    empty_scan = b"\xff\xda" + struct.pack(">H", 8) + b"\x01\x01\x00\x01\x3f\x00"
+    return jpeg[:-2] + empty_scan * scans + b"\xff\xd9"
+
+
+def jpeg_with_empty_segments(jpeg: bytes, count: int) -> bytes:
+    """``count`` empty APP5 segments (4 bytes each) right after the start marker."""
+    return jpeg[:2] + b"\xff\xe5\x00\x02" * count + jpeg[2:]
+
+
+def png_with_empty_chunks(png: bytes, count: int) -> bytes:
+    """``count`` empty ancillary chunks (12 bytes each) right after IHDR."""
+    return png[:33] + png_chunk(b"abCd", b"") * count + png[33:]
+
+
+def png16_zeros(width: int, height: int) -> bytes:
+    """A 16-bit greyscale PNG of zeros: 40 megapixels in 77 KB."""
+    comp = zlib.compressobj(9)
+    row = b"\0" * (1 + 2 * width)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    return png_raw(width, height, idat, color=0, depth=16)
+
+
 def cases() -> list[Case]:
     img = photo()
     jpg = encode(img, "JPEG", quality=90)
@@ -170,14 +196,30 @@ def cases() -> list[Case]:
         "image/png", 413)
     add("png with a 64 MB zTXt bomb", "bomb", png_with_text_bomb(png), "image/png", 400)
     add("png with a 64 MB iCCP bomb", "bomb", png_with_icc_bomb(png), "image/png", 400)
+    add("png 16-bit of zeros, 6000x6600 (40 MP in 77 KB)", "bomb", png16_zeros(6000, 6600),
+        "image/png", 200)
     add("gzip bomb with Content-Encoding: gzip", "bomb",
         gzip.compress(b"\0" * (32 * 1024 * 1024)), "image/jpeg", 400,
         headers={"Content-Encoding": "gzip"})
+    # --- work per request (CPU): structure counted before anything is decoded
+    add("progressive jpeg with 2,000 empty scans", "work", progressive_with_empty_scans(2000),
+        "image/jpeg", 400)
+    add("progressive jpeg with 90 empty scans", "work", progressive_with_empty_scans(90, 400),
+        "image/jpeg", 200)
+    add("jpeg with a million empty APP segments (4 MB)", "work",
+        jpeg_with_empty_segments(jpg, 1_000_000), "image/jpeg", 400)
+    add("png with 400,000 empty chunks (4.8 MB)", "work", png_with_empty_chunks(png, 400_000),
+        "image/png", 400)
     # --- wrong or missing Content-Type
     add("image/gif", "content type", jpg, "image/gif", 415)
     add("image/jpegx", "content type", jpg, "image/jpegx", 415)
     add("multipart/form-data", "content type", jpg, "multipart/form-data; boundary=x", 415)
-    add("application/octet-stream", "content type", jpg, "application/octet-stream", 415)
+    add("JPEG as application/octet-stream", "content type", jpg, "application/octet-stream", 200)
+    add("PNG as application/octet-stream", "content type", png, "application/octet-stream", 200)
+    add("GIF as application/octet-stream", "content type", encode(img, "GIF"),
+        "application/octet-stream", 415)
+    add("text/csv", "content type", b"a,b\n1,2\n", "text/csv", 415)
+    add("application/json", "content type", b'{"instances": [1]}', "application/json", 415)
     add("empty Content-Type", "content type", jpg, "", 415)
     add("Content-Type with odd case, a space and a parameter", "content type", png,
         "Image/PNG ; q=1", 200)
@@ -199,6 +241,11 @@ def cases() -> list[Case]:
         headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=" + "9" * 5000})
     add("request headers over 8 KB", "headers", jpg, "image/jpeg", 400,
         headers={"X-Padding": "a" * 9000})
+    # Each line within nginx's 8 KB, together over MMS's 8 KB: they never reach MMS.
+    add("request headers of 12 KB in three lines", "headers", jpg, "image/jpeg", 200,
+        headers={f"X-Padding-{i}": "a" * 4000 for i in range(3)})
+    add("custom attributes of 4,500 characters", "headers", jpg, "image/jpeg", 400,
+        headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=1," + "x" * 4500})
     return rows
 
 

@@ -201,3 +201,141 @@ def test_dimension_limits(width, height, status):
         with pytest.raises(decoding.ClientError) as err:
             decoding.decode(body, "image/png", spec)
         assert err.value.status == status
+
+
+# --- bounded work per request (docs/hardening.md, "Work and memory per request")
+
+def test_structure_bombs_are_refused_before_decoding():
+    """Thousands of empty progressive scans, a million empty JPEG segments, 400,000 empty
+    PNG chunks: 400 from the structure alone, in milliseconds (Pillow took seconds to
+    minutes on each)."""
+    import time
+
+    import malformed
+
+    img = malformed.photo()
+    jpg, png = malformed.encode(img, "JPEG"), malformed.encode(img, "PNG")
+    bombs = [
+        (malformed.progressive_with_empty_scans(2000), "more than 100 scans"),
+        (malformed.jpeg_with_empty_segments(jpg, 1_000_000), "more than 1000 marker segments"),
+        (malformed.png_with_empty_chunks(png, 400_000), "more than 20,000 chunks"),
+    ]
+    for body, says in bombs:
+        start = time.perf_counter()
+        with pytest.raises(decoding.ClientError) as err:
+            decoding.decode(body, "image/jpeg", SPECS[0])
+        assert err.value.status == 400 and says in err.value.message
+        assert time.perf_counter() - start < 0.5
+    # Within the limits, the same constructions still decode.
+    assert decoding.decode(malformed.progressive_with_empty_scans(90, 200), "image/jpeg",
+                           SPECS[0]).shape == (3, 64, 64)
+    assert decoding.decode(malformed.png_with_empty_chunks(png, 1000), "image/png",
+                           SPECS[0]).shape == (3, 64, 64)
+
+
+def test_decoding_stops_at_its_deadline():
+    import time
+
+    import malformed
+
+    body = malformed.png_zeros(6000, 6000)  # 36 megapixels in 36 KB: about 1 s to decode
+    start = time.perf_counter()
+    with pytest.raises(decoding.ClientError) as err:
+        decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05)
+    assert err.value.status == 413 and "took more than 0.05 s" in err.value.message
+    assert time.perf_counter() - start < 0.5
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(seed=st.integers(0, 2**32 - 1), w=st.integers(1, 120), h=st.integers(1, 120),
+       bright=st.booleans(), orientation=st.integers(0, 8))
+def test_16_bit_images_decode_exactly_as_training_evaluates_them(seed, w, h, bright,
+                                                                  orientation):
+    """decoding.to_8bit (strips, no float64 copies of the whole image) against
+    preprocess.load_eval_array (training's evaluation): the same array, bit for bit."""
+    from dogbreed_serve import preprocess
+
+    rng = np.random.default_rng(seed)
+    peak = 65535 if bright else 255
+    img = Image.fromarray(rng.integers(0, peak + 1, (h, w), dtype=np.uint16))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(buf, "PNG", exif=exif)
+    for spec in SPECS:
+        ours = decoding.decode(buf.getvalue(), "image/png", spec)
+        assert np.array_equal(ours, preprocess.load_eval_array(buf.getvalue(), spec))
+
+
+def test_16_bit_conversion_memory_is_a_fraction_of_float64s():
+    """A 16-bit 4000x2500 grey PNG: peak resident memory of decode() vs training's
+    to_rgb (float64 copies), each in a fresh process."""
+    import subprocess
+
+    import malformed
+
+    probe = f"""
+import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})
+from test_decoding_fuzz import decoding
+from dogbreed_serve import preprocess
+import malformed
+body = malformed.png16_zeros(4000, 2500)
+def hwm():
+    return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+base = hwm()
+if sys.argv[1] == "serving":
+    decoding.decode(body, "image/png", decoding.Spec())
+else:
+    preprocess.load_eval_array(body, decoding.Spec())
+print(hwm() - base)
+"""
+    peaks = {}
+    for which in ("serving", "training"):
+        out = subprocess.run([sys.executable, "-c", probe, which], capture_output=True,
+                             text=True, check=True, cwd=ROOT / "tests")
+        peaks[which] = int(out.stdout.split()[-1]) * 1024 / 10_000_000  # bytes per pixel
+    assert peaks["serving"] <= decoding.PEAK_BYTES_PER_PIXEL["I;16"], peaks
+    assert peaks["serving"] < peaks["training"] / 2, peaks
+    assert malformed  # imported above only for the subprocess's path
+
+
+def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path, monkeypatch):
+    """memory.DecodeMemory: reservations add up across processes; what a killed process
+    held comes back; a request that can never fit, or waits past its deadline, is told."""
+    import multiprocessing
+    import time
+
+    from dogbreed_serve import memory
+
+    mib = memory.create(tmp_path, 10 * memory.MIB)
+    assert mib == 10
+    monkeypatch.setenv("DOGBREED_RUN_DIR", str(tmp_path))
+    budget = memory.DecodeMemory.from_env()
+    ready = multiprocessing.get_context("fork").Event()
+
+    def hold():
+        mine = memory.DecodeMemory(tmp_path / memory.FILE_NAME)
+        with mine.reserve(8 * memory.MIB, time.monotonic() + 5):
+            ready.set()
+            time.sleep(60)
+
+    child = multiprocessing.get_context("fork").Process(target=hold)
+    child.start()
+    try:
+        assert ready.wait(10)
+        with budget.reserve(2 * memory.MIB, time.monotonic() + 1):  # 8 + 2 of 10: fits
+            pass
+        with pytest.raises(memory.MemoryBusy):
+            with budget.reserve(3 * memory.MIB, time.monotonic() + 0.3):
+                pass
+        with pytest.raises(memory.NotEnoughMemory):
+            with budget.reserve(11 * memory.MIB, time.monotonic() + 1):
+                pass
+        child.kill()
+        child.join()
+        with budget.reserve(10 * memory.MIB, time.monotonic() + 1):  # all of it is back
+            pass
+    finally:
+        child.kill()
+        child.join()

@@ -106,8 +106,16 @@ def raw_http(url: str, request: bytes) -> bytes:
     (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
      b"X-Amzn-SageMaker-Custom-Attributes: top_k=\xff\xfe\r\nConnection: close\r\n"
      b"Content-Length: %d\r\n\r\n%s", 400),
+    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+     b"Transfer-Encoding: gzip\r\nConnection: close\r\n\r\n", 501),
+    (b"POST /invocations?" + b"q=" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n"
+     b"Content-Type: image/jpeg\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", 200),
+    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+     + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 4000) for i in range(3))
+     + b"Connection: close\r\nContent-Length: %d\r\n\r\n%s", 200),
 ], ids=["garbage request line", "HTTP/9.9", "negative Content-Length", "bad chunk size",
-        "10 KB URI", "latin-1 byte in a header", "invalid UTF-8 in top_k"])
+        "10 KB URI", "latin-1 byte in a header", "invalid UTF-8 in top_k",
+        "unknown Transfer-Encoding", "5 KB query string", "12 KB of headers in three lines"])
 def test_malformed_http_gets_json(server, request_bytes, status):
     if b"%s" in request_bytes:  # a real image as the body
         image = malformed.good_inputs()[0][1]
@@ -121,6 +129,7 @@ def test_malformed_http_gets_json(server, request_bytes, status):
         assert b'"predictions"' in body, body[:300]
     else:
         assert f'"status": {status}'.encode() in body and b"nginx" not in body
+    assert b"Exception" not in body and b"<html" not in body.lower(), body[:300]
 
 
 @settings(max_examples=200, deadline=None, database=None,
@@ -143,6 +152,51 @@ def test_fuzzed_bodies_against_the_container(server, data):
     else:
         assert payload["error"] and payload["status"] == resp.status_code
     assert_clean(resp)
+
+
+WORK_BOMBS = [c for c in CASES if c.group == "work" and c.status == 400]
+
+
+def test_work_bombs_are_refused_in_bounded_time(server):
+    """Small files that cost minutes of CPU (thousands of empty progressive scans) or
+    seconds of header parsing (a million empty segments or chunks): refused from their
+    structure, while the worker stays free for the next request."""
+    assert len(WORK_BOMBS) == 3
+    good = malformed.good_inputs()[0]
+    with requests.Session() as session:
+        for case in WORK_BOMBS:
+            start = time.monotonic()
+            resp = soak.post(session, server.url, case.body, case.content_type)
+            took = time.monotonic() - start
+            assert resp.status_code == 400 and took < 5, (case.name, resp.text, took)
+            start = time.monotonic()
+            assert soak.post(session, server.url, good[1], good[2]).status_code == 200
+            assert time.monotonic() - start < 5
+
+
+def test_concurrent_16_bit_40_megapixel_pngs_stay_within_memory(server):
+    """Four 16-bit 40-megapixel PNGs (77 KB each) at once, in a container limited to
+    1.5 GB: each once took about 1 GB to convert, and four OOM-killed the workers. Now
+    each reserves its share of the container's decode memory and waits its turn: all
+    are answered (200, or 503 'busy, retry' if one waited past its deadline), no
+    process is killed, and the workers are the ones that started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = malformed.png16_zeros(6000, 6600)
+    before = [w["pid"] for w in soak.workers(server.id)]
+
+    def send(_):
+        resp = requests.post(f"{server.url}/invocations", data=body,
+                             headers={"Content-Type": "image/png"}, timeout=120)
+        return resp.status_code, resp.json()
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(send, range(4)))
+    assert {status for status, _ in answers} <= {200, 503}, answers
+    assert sum(status == 200 for status, _ in answers) >= 2, answers
+    state = server.state()
+    assert state["status"] == "running" and not state["oom_killed"], state
+    assert [w["pid"] for w in soak.workers(server.id)] == before
 
 
 def test_nothing_was_lost_to_bad_input(server):

@@ -118,11 +118,15 @@ def test_management_api_answers_only_inside(canary_server):
             socket.create_connection((ip, port), timeout=2).close()
     socket.create_connection((ip, 8080), timeout=2).close()
     # And the public port does not forward management paths.
-    for path in ("/models", "/models/model", "/api-description", "/predictions/model",
-                 "/metrics"):
+    for path in ("/models", "/models/model", "/api-description", "/predictions/model"):
         resp = requests.get(f"{canary_server.url}{path}", timeout=5)
         assert resp.status_code == 404 and resp.json()["status"] == 404, (path, resp.text)
         assert requests.post(f"{canary_server.url}{path}", timeout=5).status_code == 404
+    # /metrics (the hosting contract's scrape) is read-only and carries no secrets.
+    metrics = requests.get(f"{canary_server.url}/metrics", timeout=5)
+    assert metrics.status_code == 200 and "dogbreed_requests_total" in metrics.text
+    assert not SECRET.search(metrics.text) and "canary" not in metrics.text.lower()
+    assert requests.post(f"{canary_server.url}/metrics", timeout=5).status_code == 405
 
 
 def test_no_credentials_or_internals_in_logs_or_answers(canary_server):

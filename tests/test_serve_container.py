@@ -89,6 +89,8 @@ def test_ping_is_not_200_before_the_model_is_loaded(serve_image, trained_model):
     ("RGB", "JPEG", "application/x-image"),
     ("RGB", "PNG", "image/jpeg"),           # format comes from the bytes, not the header
     ("RGB", "JPEG", "IMAGE/JPEG; charset=binary"),
+    ("RGB", "JPEG", "application/octet-stream"),  # the SDK's IdentitySerializer default
+    ("RGB", "PNG", "application/octet-stream"),
 ])
 def test_raw_bytes_in_every_mode(server, mode, fmt, content_type):
     img = photo()
@@ -150,6 +152,8 @@ BAD_INPUTS = [
     ("json", b'{"a": 1}', "application/json", 415),
     ("form encoded", GOOD, "application/x-www-form-urlencoded", 415),
     ("no content type", GOOD, None, 415),
+    ("csv", b"a,b\n1,2\n", "text/csv", 415),
+    ("octet-stream, not an image", b"GIF89a" + b"\0" * 64, "application/octet-stream", 415),
     ("decompression bomb", png_with_size(30000, 30000), "image/png", 413),
     ("over the payload limit", b"\xff\xd8\xff" + b"\0" * (7 * 1024 * 1024), "image/jpeg", 413),
 ]
@@ -175,10 +179,85 @@ def test_server_survives_bad_input(server):
     assert "Worker died" not in logs and "Traceback" not in logs
 
 
-def test_only_ping_and_invocations_are_public(server):
+def test_only_ping_invocations_and_metrics_are_public(server):
     assert requests.get(f"{server.url}/models", timeout=5).status_code == 404
     assert requests.get(f"{server.url}/invocations", timeout=5).status_code == 405
     assert requests.get(f"{server.url}/ping", timeout=5).json() == {"status": "Healthy"}
+    assert requests.post(f"{server.url}/metrics", timeout=5).status_code == 405
+
+
+def scrape(server) -> dict[str, float]:
+    """GET /metrics, parsed: {'name{labels}': value}."""
+    resp = requests.get(f"{server.url}/metrics", timeout=10)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for line in resp.text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+def moved(before: dict, after: dict, key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_move_with_traffic(server):
+    """Counters and histograms move with invocations, and only with invocations:
+    pings and scrapes are neither counted nor logged."""
+    before = scrape(server)
+    lines_before = server.logs().count("\n")
+    for _ in range(5):
+        requests.get(f"{server.url}/ping", timeout=5)
+        scrape(server)
+    assert server.logs().count("\n") == lines_before
+    idle = scrape(server)
+    assert {k: v for k, v in idle.items() if k.startswith("dogbreed_requests_total")} == {
+        k: v for k, v in before.items() if k.startswith("dogbreed_requests_total")}
+    with requests.Session() as session:
+        for _ in range(4):
+            assert session.post(f"{server.url}/invocations", data=GOOD,
+                                headers={"Content-Type": "image/jpeg"}, timeout=30).ok
+        for _ in range(3):
+            session.post(f"{server.url}/invocations", data=b"not an image",
+                         headers={"Content-Type": "image/jpeg"}, timeout=30)
+        session.post(f"{server.url}/invocations", data=GOOD,
+                     headers={"Content-Type": "text/plain"}, timeout=30)
+    after = scrape(server)
+    ok = 'dogbreed_requests_total{endpoint="invocations",status="200"}'
+    assert moved(before, after, ok) == 4
+    assert moved(before, after, ok.replace("200", "400")) == 3
+    assert moved(before, after, ok.replace("200", "415")) == 1  # nginx's own answer
+    assert moved(before, after, "dogbreed_request_duration_seconds_count") == 8
+    assert moved(before, after, "dogbreed_decode_duration_seconds_count") == 7
+    assert moved(before, after, "dogbreed_batch_size_sum") == 4  # images through the network
+    assert moved(before, after, "dogbreed_forward_duration_seconds_count") >= 1
+    assert after["dogbreed_requests_in_flight"] == 0
+    assert after["dogbreed_worker_restarts_total"] == 0
+    info = [k for k in after if k.startswith("dogbreed_model_info")]
+    assert len(info) == 1 and 'classes="3"' in info[0] and 'input_size="64"' in info[0]
+    assert 'execution_provider="CPUExecutionProvider"' in info[0] and after[info[0]] == 1
+
+
+def test_request_ids_are_echoed_and_logged(server):
+    """The id SageMaker sends (X-Amzn-SageMaker-Inference-Id) or a generated one: in the
+    answer's header, in nginx's access line, and in the worker's line about a refusal."""
+    header = "X-Amzn-SageMaker-Inference-Id"
+    given = f"test-{time.time_ns()}"
+    resp = server.invoke(b"not an image", "image/jpeg", **{header: given})
+    assert resp.status_code == 400 and resp.headers[header] == given
+    made = server.invoke(GOOD).headers[header]
+    assert len(made) == 32 and made != given
+    odd = server.invoke(GOOD, **{header: "x" * 65}).headers[header]  # over 64 characters
+    assert len(odd) == 32 and odd != "x" * 65
+    time.sleep(1)
+    logs = server.logs()
+    access = [line for line in logs.splitlines() if "POST /invocations" in line]
+    assert any(f"request_id={given}" in line and " 400 " in line for line in access)
+    assert any(f"request_id={made}" in line and " 200 " in line for line in access)
+    assert any(f"[request {given}]" in line and "answered 400" in line
+               for line in logs.splitlines())
 
 
 def test_health_checks_are_not_logged(server):
@@ -195,6 +274,44 @@ def test_listening_processes_are_not_root(server):
     procs = [tuple(r.split(None, 2)[1:]) for r in rows]
     assert any("nginx" in a for _, a in procs) and any("java" in a for _, a in procs)
     assert all(uid != "0" for uid, _ in procs), procs
+
+
+@pytest.fixture(scope="module")
+def variant_server(serve_image, trained_model):
+    """JSON logs and a safe port range, in one container."""
+    srv = Server(serve_image, trained_model.root / "model", "DOGBREED_LOG_FORMAT=json",
+                 "SAGEMAKER_SAFE_PORT_RANGE=20000-20009")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_json_log_format_is_one_object_per_line(variant_server):
+    header = "X-Amzn-SageMaker-Inference-Id"
+    variant_server.invoke(GOOD, **{header: "json-ok"})
+    variant_server.invoke(b"not an image", "image/png", **{header: "json-bad"})
+    time.sleep(1)
+    records = [json.loads(line) for line in variant_server.logs().splitlines() if line]
+    assert all({"level", "source", "message"} <= set(r) or r.get("source") == "access"
+               for r in records), records[:5]
+    access = {r["request_id"]: r for r in records if r.get("source") == "access"}
+    assert access["json-ok"]["status"] == 200 and access["json-bad"]["status"] == 400
+    assert access["json-ok"]["uri"] == "/invocations"
+    refusal = [r for r in records if r.get("source") == "worker"
+               and r.get("request_id") == "json-bad"]
+    assert refusal and refusal[0]["level"] == "INFO" and "answered 400" in refusal[0]["message"]
+    assert any(r.get("source") == "serve" and "ready on port" in r["message"] for r in records)
+
+
+def test_internal_ports_lie_in_the_safe_port_range(variant_server):
+    from test_security import listening_sockets
+
+    sockets = listening_sockets(variant_server.id)
+    internal = sorted({port for addr, port in sockets if port != 8080})
+    assert len(internal) >= 2, sockets  # MMS inference and management
+    assert all(20000 <= port <= 20009 for port in internal), sockets
 
 
 def test_bind_to_port_and_top_k_default(serve_image, trained_model):

@@ -2,21 +2,41 @@
 
 Every failure becomes a ``ClientError`` whose message is written here, never a
 library's own text: Pillow's messages carry object addresses (``<_io.BytesIO object
-at 0x7f...>``) and their own limits. Work is bounded before anything is decoded:
-the header alone decides whether the image, and the image the evaluation transform
-would resize it to, stay within ``MAX_PIXELS`` (see docs/hardening.md).
+at 0x7f...>``) and their own limits. The work a request may cost is bounded before
+anything is decoded, and again while it decodes (docs/hardening.md):
+
+- the file's structure: at most MAX_JPEG_SCANS scans and MAX_JPEG_SEGMENTS marker
+  segments in a JPEG (each progressive scan costs a pass over every pixel), at most
+  MAX_PNG_CHUNKS chunks in a PNG (Pillow parses each one in Python);
+- the header: the image, and the image the evaluation transform would resize it
+  to, stay within ``MAX_PIXELS``;
+- time: decoding stops at a deadline (Pillow reads the body block by block, and each
+  read checks the clock);
+- memory: an image whose decoding needs more than a few MiB reserves that much of
+  the container's decode memory first (memory.py), and waits its turn if others hold it.
+
+Each body is opened once. Decoding then follows preprocess.load_eval_array step by
+step (the same draft, load and to_rgb, then eval_array), so the endpoint sees exactly
+what training's evaluation saw; only 16-bit images are brought to 8 bits here, in
+strips, with the same arithmetic as preprocess.to_rgb but without full-size float64
+copies.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
+import struct
+import time
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from .preprocess import MAX_PIXELS, Spec, load_eval_array
+from .memory import DecodeMemory, MemoryBusy, NotEnoughMemory
+from .preprocess import MAX_PIXELS, Spec, eval_array, to_rgb
 
 log = logging.getLogger("dogbreed_serve")
 
@@ -26,8 +46,29 @@ log = logging.getLogger("dogbreed_serve")
 warnings.filterwarnings("ignore", module="PIL")
 
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/x-image"}
+# The SDK's IdentitySerializer default: the format is then known from the bytes alone.
+SNIFFED_TYPES = {"application/octet-stream"}
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 FORMATS = ("JPEG", "PNG")
+
+# libjpeg writes 10 scans for a progressive colour JPEG (6 for grey), mozjpeg about
+# 20. Each scan costs a pass over all of the image's blocks, empty or not: 2,000 empty
+# scans on a 4-megapixel JPEG took 2.3 s of CPU, on 36 megapixels minutes.
+MAX_JPEG_SCANS = 100
+# Camera JPEGs have 10 to 30 segments (APPn, DQT, DHT, SOF, SOS ...). Pillow reads
+# each one in Python: a million empty APP segments (4 MB) took 3.7 s to open.
+MAX_JPEG_SEGMENTS = 1000
+# Encoders write IDAT chunks of 8 to 64 KB; a 6 MB PNG has at most a few thousand.
+# 400,000 empty chunks (5 MB) took Pillow 1.4 to 5 s to walk.
+MAX_PNG_CHUNKS = 20_000
+# Pillow hands the decoder the body block by block and reads the next block (which
+# checks the deadline) in between. 8 KB of a PNG's zlib stream inflate to 8 MB at
+# most; with Pillow's 64 KB a 36 KB PNG of zeros (36 megapixels) decoded in one call.
+# JPEGs keep the 64 KB: smaller blocks cost libjpeg restarts, and scans are counted.
+PNG_READ_BLOCK = 8192
+# Images that need less than this to decode do not reserve decode memory: with up to
+# 4 decode threads per worker they hold at most a few dozen MiB in all.
+RESERVE_FROM_BYTES = 16 * 1024 * 1024
 
 NOT_AN_IMAGE = "the body is not a JPEG or PNG image (unrecognised file signature)"
 UNREADABLE = "not a readable JPEG or PNG image: the file header is damaged or incomplete"
@@ -39,6 +80,23 @@ class ClientError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class DecodeTimeout(Exception):
+    """Raised from inside Pillow's reads once the request's decode deadline has passed."""
+
+
+class DeadlineReader(io.BytesIO):
+    """The body as a file whose every read fails after ``deadline`` (time.monotonic)."""
+
+    def __init__(self, body: bytes, deadline: float):
+        super().__init__(body)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise DecodeTimeout
+        return super().read(size)
 
 
 def media_type(content_type: str | None) -> str:
@@ -64,21 +122,86 @@ def too_large(width: int, height: int) -> ClientError:
                             f"{MAX_PIXELS:,} pixels")
 
 
-def check_dimensions(body: bytes, spec: Spec) -> None:
+# The end of a JPEG scan's entropy-coded data: 0xFF followed by anything but a
+# stuffed zero, a restart marker or another 0xFF (fill).
+_END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def check_jpeg_structure(body: bytes) -> None:
+    """Count the JPEG's segments and scans, refusing files with too many of either.
+
+    Walks the marker segments by their lengths and skips each scan's entropy-coded
+    data with one regular-expression search; stops at the first thing that is not a
+    marker and leaves that damage to the decoder (which reports it).
+    """
+    scans = segments = 0
+    pos, end = 2, len(body)
+    while pos + 4 <= end:
+        if body[pos] != 0xFF:
+            return
+        marker = body[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            return
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length field
+            pos += 2
+            continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ClientError(400, f"JPEG has more than {MAX_JPEG_SEGMENTS} marker segments: "
+                                   "not an image a camera or an image library writes")
+        pos += 2 + struct.unpack_from(">H", body, pos + 2)[0]
+        if marker == 0xDA:  # start of scan
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ClientError(400, f"progressive JPEG has more than {MAX_JPEG_SCANS} "
+                                       "scans: re-encode it (image libraries write 10 to 20)")
+            found = _END_OF_SCAN.search(body, pos)
+            if found is None:
+                return
+            pos = found.start()
+
+
+def check_png_structure(body: bytes) -> None:
+    """Count the PNG's chunks (each a length, a type, data and a CRC) up to IEND."""
+    pos, end, chunks = 8, len(body), 0
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", body, pos)
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ClientError(400, f"PNG has more than {MAX_PNG_CHUNKS:,} chunks: re-encode "
+                                   "it (image libraries write a few hundred at most)")
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
+def open_image(body: bytes, fmt: str, deadline: float) -> Image.Image:
+    """Check the file's structure, then open it (headers only) with the deadline reader."""
+    (check_jpeg_structure if fmt == "JPEG" else check_png_structure)(body)
+    try:
+        img = Image.open(DeadlineReader(body, deadline), formats=(fmt,))
+        if fmt == "PNG":
+            img.decodermaxblock = PNG_READ_BLOCK
+        return img
+    except DecodeTimeout:
+        raise
+    except Image.DecompressionBombError:
+        # Pillow refuses to open above 2 x MAX_IMAGE_PIXELS; our limit is lower anyway.
+        raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} pixels") from None
+    except Exception:  # noqa: BLE001 - any failure to parse the header is the client's
+        raise ClientError(400, UNREADABLE) from None
+
+
+def check_dimensions(width: int, height: int, spec: Spec) -> None:
     """Refuse, from the header alone, images whose decoding or resizing is unbounded.
 
     The evaluation transform scales the shorter side to ``spec.resize_size`` before
     it crops, so a 1x65000 image would become a 73x4,745,000 intermediate (GBs).
     Both the image and that intermediate must stay within MAX_PIXELS.
     """
-    try:
-        with Image.open(io.BytesIO(body), formats=FORMATS) as img:
-            width, height = img.size
-    except Image.DecompressionBombError:
-        # Pillow refuses to open above 2 x MAX_IMAGE_PIXELS; our limit is lower anyway.
-        raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} pixels") from None
-    except Exception:  # noqa: BLE001 - any failure to parse the header is the client's
-        raise ClientError(400, UNREADABLE) from None
     if width < 1 or height < 1:
         raise ClientError(400, f"image has no pixels ({width}x{height})")
     if width * height > MAX_PIXELS:
@@ -90,30 +213,109 @@ def check_dimensions(body: bytes, spec: Spec) -> None:
                                f"at most {ratio} times its shorter side")
 
 
-def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec) -> np.ndarray:
+# Peak memory of load() + to_rgb() per pixel of the (drafted) image, by the mode
+# Pillow opens it in. Measured (peak resident memory) on 20-megapixel PNGs: L, P and 1
+# 5.3 bytes, RGB 4.3, P with transparency 17, RGBA and LA 20, 16-bit grey 7 (26 with
+# preprocess.to_rgb's float64 arrays). The figures below add one more copy of the
+# decoded image, which an EXIF rotation makes (docs/hardening.md).
+PEAK_BYTES_PER_PIXEL = {"1": 6, "L": 6, "P": 6, "RGB": 9, "CMYK": 12, "LA": 21, "PA": 21,
+                        "RGBA": 21, "I;16": 9, "I;16B": 9, "I;16L": 9, "I": 13}
+
+
+def decode_bytes(img: Image.Image) -> int:
+    """What decoding ``img`` and bringing it to RGB costs at its peak, in bytes."""
+    mode = "RGBA" if img.mode == "P" and "transparency" in img.info else img.mode
+    return img.width * img.height * PEAK_BYTES_PER_PIXEL.get(mode, 21)
+
+
+# Rows of a 16-bit image converted at once: about a megapixel, 8 MB of float64.
+STRIP_PIXELS = 1 << 20
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16- or 32-bit greyscale image to 8-bit 'L', exactly as preprocess.to_rgb does it.
+
+    The same expression (``clip(v * (255 / peak), 0, 255)`` in float64, then uint8),
+    strip by strip: a 40-megapixel image needs a few MiB of float64 instead of three
+    full-size copies (about 1 GB). EXIF orientation is applied first, as to_rgb does,
+    since the new image carries no metadata.
+    """
+    ImageOps.exif_transpose(img, in_place=True)
+    arr = np.asarray(img)
+    peak = 65535.0 if arr.max() > 255 else 255.0
+    out = np.empty(arr.shape, np.uint8)
+    rows = max(1, STRIP_PIXELS // max(1, arr.shape[1]))
+    for top in range(0, arr.shape[0], rows):
+        strip = arr[top:top + rows].astype(np.float64)
+        out[top:top + rows] = np.clip(strip * (255.0 / peak), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def draft(img: Image.Image, spec: Spec) -> None:
+    """Decode a JPEG at 1/2, 1/4 or 1/8 scale, as preprocess.load_rgb(min_side=resize_size)."""
+    if img.format == "JPEG":
+        img.draft("RGB", (spec.resize_size, spec.resize_size))
+
+
+def load_rgb(img: Image.Image) -> Image.Image:
+    """preprocess.load_rgb for an image that is already open and drafted (see the module doc)."""
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = to_8bit(img)
+    return to_rgb(img)
+
+
+def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec,
+           timeout_s: float = 10.0, memory: DecodeMemory | None = None) -> np.ndarray:
+    """A request body to model input; raises ClientError (4xx, or 503 when busy)."""
     kind = media_type(content_type)
-    if kind not in IMAGE_TYPES:
+    if kind not in IMAGE_TYPES and kind not in SNIFFED_TYPES:
         raise ClientError(415, f"unsupported Content-Type '{shown(kind) or '(none)'}': send "
-                               "the image bytes as image/jpeg, image/png or application/x-image")
+                               "the image bytes as image/jpeg, image/png, application/x-image "
+                               "or application/octet-stream")
     if not body:
         raise ClientError(400, "empty request body: send the image file's bytes")
     body = bytes(body)
-    if sniff(body) is None:
+    fmt = sniff(body)
+    if fmt is None:
+        if kind in SNIFFED_TYPES:
+            raise ClientError(415, "the application/octet-stream body is not a JPEG or PNG "
+                                   "image (unrecognised file signature)")
         raise ClientError(400, NOT_AN_IMAGE)
-    check_dimensions(body, spec)
+    deadline = time.monotonic() + timeout_s
     try:
-        return load_eval_array(body, spec)
-    except ValueError as exc:  # load_rgb's own: "image too large", "not a readable" ...
-        text = str(exc)
-        if text.startswith("image too large"):
-            raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} "
-                                   "pixels") from None
-        raise ClientError(400, UNREADABLE if text.startswith("not a readable")
-                          else CORRUPT) from None
+        img = open_image(body, fmt, deadline)
+        check_dimensions(img.width, img.height, spec)
+        draft(img, spec)
+        need = decode_bytes(img)
+        reservation = (memory.reserve(need, deadline) if memory and need >= RESERVE_FROM_BYTES
+                       else nullcontext())
+        with reservation:
+            try:
+                rgb = load_rgb(img)
+            except (DecodeTimeout, MemoryError, Image.DecompressionBombError):
+                raise
+            except Exception:  # noqa: BLE001 - truncated, broken stream, bad metadata
+                raise ClientError(400, CORRUPT) from None
+            return eval_array(rgb, spec)
+    except ClientError:
+        raise
+    except DecodeTimeout:
+        raise ClientError(413, f"the image took more than {timeout_s:g} s to decode: send a "
+                               "smaller or simpler image") from None
+    except NotEnoughMemory as exc:
+        raise ClientError(413, f"image too large to decode in this container's memory: it "
+                               f"needs about {exc.need_mib} MiB, {exc.total_mib} MiB is set "
+                               "aside for decoding") from None
+    except MemoryBusy:
+        raise ClientError(503, "the server is busy decoding other large images: "
+                               "retry shortly") from None
+    except Image.DecompressionBombError:
+        raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} pixels") from None
     except MemoryError:
         raise ClientError(413, "image too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - e.g. struct.error from damaged metadata
-        log.warning("undecodable %s image: %s", sniff(body), type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 - the resize of a damaged image
+        log.warning("undecodable %s image: %s", fmt, type(exc).__name__)
         raise ClientError(400, UNDECODABLE) from None
 
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+# serve's folder for this start (MMS's temporary files, sockets, /metrics' files, the
+# decode memory budget); its workers find it here. READY_FILE appears in it once the
+# model is registered: a worker that starts later replaces one that died.
+RUN_DIR_ENV = "DOGBREED_RUN_DIR"
+READY_FILE = "ready"
+
 
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
     return int(value) if value.strip() else default
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    return float(value) if value.strip() else default
 
 
 @dataclass(frozen=True)
@@ -19,6 +30,7 @@ class Settings:
     max_batch_delay_ms: int  # how long MMS waits for more requests to fill a batch
     intra_op_threads: int    # ONNX Runtime threads per worker (0 = CPUs / workers)
     ort_spinning: bool       # ORT's idle intra-op threads busy-wait (ORT's own default)
+    decode_timeout_s: float  # a request's image decoding stops after this long (413)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -35,4 +47,5 @@ class Settings:
             intra_op_threads=_int("DOGBREED_THREADS_PER_WORKER", 0),
             # Spinning threads burn the cores that JPEG decoding, MMS and nginx need.
             ort_spinning=_int("DOGBREED_ORT_SPINNING", 0) != 0,
+            decode_timeout_s=_float("DOGBREED_DECODE_TIMEOUT_S", 10.0),
         )

@@ -1,0 +1,219 @@
+"""The serving container's life: start, stop, restart, broken models, read-only roots.
+
+Each test runs the real `dogbreed-serve` image with `docker run` and judges it from
+outside: exit codes, how long `docker stop` takes, what the log says, what clients got.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+import malformed
+from conftest import docker
+from serving import Server
+
+GOOD = malformed.good_inputs()[0]  # (name, bytes, content type)
+
+
+def state(container: str) -> tuple[str, int]:
+    out = docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", container).stdout
+    status, code = out.split()
+    return status, int(code)
+
+
+def wait_exit(container: str, timeout: float) -> float:
+    """Seconds until the container exits; fails after ``timeout``."""
+    start = time.monotonic()
+    while state(container)[0] == "running":
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"still running after {timeout} s:\n{logs(container)[-2000:]}")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def logs(container: str) -> str:
+    out = docker("logs", container, check=False)
+    return out.stdout + out.stderr
+
+
+def run_serve(image: str, model_dir, *args: str) -> str:
+    name = f"dogbreed-serve-life-{uuid.uuid4().hex[:8]}"
+    return docker("run", "-d", "--name", name, "-v", f"{model_dir}:/opt/ml/model:ro", *args,
+                  image, "serve").stdout.strip()
+
+
+def test_docker_stop_drains_concurrent_load(serve_image, trained_model):
+    """`docker stop` under load from 6 clients: every request sent before the stop gets its
+    200, serve exits 0 well within SageMaker's 30 s, and says it drained."""
+    srv = Server(serve_image, trained_model.root / "model")
+    results: list[tuple[float, int | str]] = []
+    stop_at: list[float] = []
+    done = threading.Event()
+
+    def client():
+        with requests.Session() as session:
+            while not done.is_set():
+                sent = time.monotonic()
+                try:
+                    resp = session.post(f"{srv.url}/invocations", data=GOOD[1],
+                                        headers={"Content-Type": GOOD[2]}, timeout=30)
+                    outcome: int | str = resp.status_code
+                except requests.RequestException as exc:
+                    outcome = type(exc).__name__
+                results.append((sent, outcome))
+                if stop_at and sent > stop_at[0]:
+                    return
+    try:
+        srv.wait_ready()
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        stop_at.append(time.monotonic())
+        docker("stop", "-t", "30", srv.id)
+        stop_s = time.monotonic() - stop_at[0]
+        done.set()
+        for t in threads:
+            t.join(timeout=30)
+        before = [outcome for sent, outcome in results if sent < stop_at[0]]
+        assert len(before) > 20, results
+        assert all(outcome == 200 for outcome in before), [o for o in before if o != 200]
+        assert state(srv.id) == ("exited", 0), logs(srv.id)[-2000:]
+        assert stop_s < 15, stop_s
+        assert "drained and stopped" in logs(srv.id)
+    finally:
+        done.set()
+        srv.stop()
+
+
+def test_restarted_container_serves_again(serve_image, trained_model):
+    """docker restart keeps /tmp: the second start must not trip over the first's files."""
+    srv = Server(serve_image, trained_model.root / "model")
+
+    def republished():  # a new start publishes on a new host port
+        port = docker("port", srv.id, "8080").stdout.splitlines()[0].rsplit(":", 1)[1]
+        srv.url = f"http://127.0.0.1:{port}"
+    try:
+        srv.wait_ready()
+        docker("restart", "-t", "30", srv.id)
+        republished()
+        srv.wait_ready(timeout=90)
+        assert srv.invoke(GOOD[1], GOOD[2]).status_code == 200
+        docker("stop", "-t", "30", srv.id)
+        docker("start", srv.id)
+        republished()
+        srv.wait_ready(timeout=90)
+        assert srv.invoke(GOOD[1], GOOD[2]).status_code == 200
+        assert "already running" not in logs(srv.id)
+    finally:
+        srv.stop()
+
+
+def test_sigterm_while_starting_stops_at_once(serve_image, trained_model):
+    """SIGTERM during start-up (before /ping says yes) ends serve promptly with 0."""
+    cid = run_serve(serve_image, trained_model.root / "model")
+    try:
+        time.sleep(2)  # MMS starting, the model not yet registered
+        start = time.monotonic()
+        docker("stop", "-t", "30", cid)
+        took = time.monotonic() - start
+        assert state(cid) == ("exited", 0), logs(cid)[-2000:]
+        assert took < 10, took
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_mms_dying_at_start_up_is_not_waited_for(serve_image, trained_model):
+    """A JVM that cannot start (a heap of 1 MB): serve says so and exits 1 at once,
+    instead of waiting for the management API until the start-up timeout."""
+    cid = run_serve(serve_image, trained_model.root / "model",
+                    "-e", "SAGEMAKER_MODEL_SERVER_VMARGS=-Xmx1m -Xms1m")
+    try:
+        took = wait_exit(cid, timeout=60)
+        assert state(cid) == ("exited", 1), logs(cid)[-2000:]
+        assert took < 45, took
+        assert "multi-model-server exited" in logs(cid)
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def broken(model_dir, tmp_path, case: str):
+    """A copy of the trained model directory, broken one way."""
+    out = tmp_path / case
+    shutil.copytree(model_dir, out)
+    meta_path = out / "model.json"
+    meta = json.loads(meta_path.read_text())
+    if case == "corrupt model.onnx":
+        (out / "model.onnx").write_bytes(b"\x08\x01garbage" * 1000)
+    elif case == "missing model.onnx":
+        (out / "model.onnx").unlink()
+    elif case == "model.json without labels":
+        del meta["labels"]
+        meta_path.write_text(json.dumps(meta))
+    elif case == "model.json not JSON":
+        meta_path.write_text("{labels: [")
+    elif case == "fewer labels than outputs":
+        meta["labels"] = meta["labels"][:2]
+        meta_path.write_text(json.dumps(meta))
+    return out
+
+
+@pytest.mark.parametrize("case,says", [
+    ("corrupt model.onnx", "is not an ONNX model"),
+    ("missing model.onnx", "model.onnx is missing"),
+    ("model.json without labels", "lacks labels"),
+    ("model.json not JSON", "is not valid JSON"),
+    ("fewer labels than outputs", "has 3 outputs but"),
+])
+def test_broken_model_directory_is_explained_in_one_line(serve_image, trained_model, tmp_path,
+                                                         case, says):
+    model = broken(trained_model.root / "model", tmp_path, case)
+    cid = run_serve(serve_image, model)
+    try:
+        took = wait_exit(cid, timeout=60)
+        text = logs(cid)
+        assert state(cid) == ("exited", 2), text[-2000:]
+        errors = [line for line in text.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and says in errors[0], text[-2000:]
+        assert "deploy the model.tar.gz that a dogbreed-train job wrote" in errors[0]
+        assert "Traceback" not in text and "multi-model-server" not in text
+        assert took < 30, took
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_read_only_root_serves_from_dev_shm(serve_image, trained_model):
+    """`docker run --read-only` without a writable /tmp: serve uses /dev/shm (a tmpfs
+    Docker still mounts) and answers as usual."""
+    srv = Server.__new__(Server)
+    srv.id = run_serve(serve_image, trained_model.root / "model", "--read-only",
+                       "-p", "127.0.0.1:0:8080")
+    port = docker("port", srv.id, "8080").stdout.splitlines()[0].rsplit(":", 1)[1]
+    srv.url = f"http://127.0.0.1:{port}"
+    try:
+        srv.wait_ready()
+        assert srv.invoke(GOOD[1], GOOD[2]).status_code == 200
+        assert "dogbreed-serve-" in docker("exec", srv.id, "ls", "/dev/shm").stdout
+    finally:
+        srv.stop()
+
+
+def test_read_only_root_without_any_writable_folder_says_what_to_do(serve_image,
+                                                                    trained_model):
+    cid = run_serve(serve_image, trained_model.root / "model", "--read-only", "--ipc", "none")
+    try:
+        wait_exit(cid, timeout=60)
+        text = logs(cid)
+        assert state(cid) == ("exited", 2), text[-2000:]
+        errors = [line for line in text.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and "give the container a writable /tmp" in errors[0], text
+        assert "Traceback" not in text
+    finally:
+        docker("rm", "-f", cid, check=False)
