@@ -34,7 +34,7 @@ RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.lo
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="dogbreed-train" \
       org.opencontainers.image.description="Fine-tunes a torchvision classifier under the SageMaker training contract"
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/program/bin:/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python \
@@ -46,12 +46,15 @@ COPY --from=build /opt/venv /opt/venv
 
 ARG PRETRAINED_MODELS=""
 COPY container_train/dogbreed_train /opt/program/dogbreed_train
+# The image's `train` (entrypoint.py), ahead of the toolkit's on PATH.
+COPY container_train/bin/train /opt/program/bin/train
 RUN for m in $PRETRAINED_MODELS; do \
       python -c "import sys; from dogbreed_train.models import weights_enum; weights_enum(sys.argv[1]).get_state_dict(progress=False)" "$m" || exit 1; \
     done; \
-    python -m compileall -q /opt/program
+    chmod 755 /opt/program/bin/train && python -m compileall -q /opt/program
 
 WORKDIR /opt/program
-# `train` is the SageMaker training toolkit's console script.
+# `train` is /opt/program/bin/train: PID 1 with a SIGTERM handler from its first
+# instant, which then runs the SageMaker training toolkit's `train` in-process.
 ENTRYPOINT []
 CMD ["train"]

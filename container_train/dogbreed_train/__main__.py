@@ -1,5 +1,21 @@
+"""``python -m dogbreed_train``: the training program (cli.py), started by launch.py.
+
+SIGTERM is handled before anything heavy is imported (cli.py's imports pull in
+torch, which takes seconds): a job stopped while it starts says so and exits 143.
+"""
+
 import sys
 
-from .cli import main
+from . import stopping
 
-sys.exit(main())
+stopping.stop_at_once(stopping.STARTING)
+
+from . import errors  # noqa: E402 - after the handler, on purpose
+
+try:
+    from .cli import main  # noqa: E402
+
+    code = main()
+except stopping.Stopped as exc:  # during the imports; main() reports its own
+    code = errors.report(exc)
+sys.exit(code)

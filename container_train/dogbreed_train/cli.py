@@ -7,11 +7,10 @@ writes them) and may be overridden by flags of the same names.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
-from . import config, errors, paths
+from . import config, errors, job_config, paths
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,16 +28,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def read_hyperparameters_file() -> dict:
+    """The job's hyperparameters; none when there is no file (a run outside SageMaker)."""
     path = paths.hyperparameters_file()
     if not path.exists():
         return {}
-    try:
-        raw = json.loads(path.read_text() or "{}")
-    except json.JSONDecodeError as exc:
-        raise errors.UserError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise errors.UserError(f"{path} must hold a JSON object of hyperparameters")
-    return raw
+    return job_config.read_object(path)
 
 
 def main(argv: list[str] | None = None) -> int:

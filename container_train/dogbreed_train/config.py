@@ -1,7 +1,10 @@
 """Hyperparameters: names, types, defaults and ranges in one place.
 
 SageMaker writes every hyperparameter as a string into hyperparameters.json;
-pydantic turns them into typed values and says exactly which one is wrong.
+pydantic turns them into typed values and says exactly which one is wrong. The
+SDK's framework estimators and its tuners JSON-encode each value first
+(``"\"resnet18\""``, ``"\"8\""``), and the training toolkit decodes them: both
+forms are accepted.
 Keys SageMaker adds itself (``sagemaker_*``, ``_tuning_*``) are ignored; any
 other unknown key fails the job, so a typo never trains with a silent default.
 """
@@ -118,9 +121,21 @@ def is_sagemaker_key(key: str) -> bool:
     return key.startswith(("sagemaker_", "_"))
 
 
+def unquote(value: Any) -> Any:
+    """'"resnet18"' -> 'resnet18': a JSON-encoded string means the string itself."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, str):
+            return decoded
+    return value
+
+
 def parse(raw: dict[str, Any]) -> Hyperparameters:
     """Validate raw hyperparameters (strings or values); raise UserError on any problem."""
-    user = {k.replace("_", "-"): v for k, v in raw.items() if not is_sagemaker_key(k)}
+    user = {k.replace("_", "-"): unquote(v) for k, v in raw.items() if not is_sagemaker_key(k)}
     try:
         return Hyperparameters.model_validate(user)
     except ValidationError as exc:

@@ -2,20 +2,26 @@
 
 ``train/001.Affenpinscher/x.jpg`` is an image of class ``Affenpinscher``. The class
 list comes from the train channel (sorted by folder name); valid and test may hold
-a subset of those classes but no others.
+a subset of those classes but no others. Hidden folders and files and ``__MACOSX``
+(what a zip made on a Mac leaves) are not classes or images; a train class without
+images, or two folders that give the same label, would make a wrong model and are
+refused. Only JPEG and PNG files are read, as the endpoint takes only those; other
+files are counted and reported.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from . import paths
 from .errors import UserError
@@ -24,6 +30,7 @@ from .preprocess import Spec, eval_array, load_rgb, open_image
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+NOT_CLASSES = {"__MACOSX"}  # besides hidden folders
 _PREFIX = re.compile(r"^\d+[._-]")
 
 
@@ -41,21 +48,38 @@ class Split:
     skipped: list[str] = field(default_factory=list)
 
 
+def is_class_folder(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".") and path.name not in NOT_CLASSES
+
+
 def class_folders(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in root.iterdir() if is_class_folder(p))
+
+
+def files_in(folder: Path) -> list[Path]:
+    """Every file under a class folder but hidden ones (.DS_Store, ._x.jpg, .git/...)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def scan(name: str, root: Path, classes: list[str], bad_images: str) -> Split:
     """Every image under root/<class>/; headers are checked now, pixels when loaded."""
     index = {folder: i for i, folder in enumerate(classes)}
     split = Split(name, [])
+    ignored = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_class_folder(p))
+    if ignored:
+        log.info("%s: folder(s) %s are not classes: ignored", name, ", ".join(ignored))
+    other_formats: Counter[str] = Counter()
+    other_example = ""
     for folder in class_folders(root):
         if folder not in index:
             raise UserError(
                 f"channel '{name}' has class folder '{folder}' that the train channel does "
                 f"not have; every class in {name} must also be in train.")
-        for path in sorted((root / folder).rglob("*")):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        for path in files_in(root / folder):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                other_formats[path.suffix.lower() or "(no suffix)"] += 1
+                other_example = other_example or str(path.relative_to(root))
                 continue
             try:
                 with open_image(path):
@@ -68,10 +92,19 @@ def scan(name: str, root: Path, classes: list[str], bad_images: str) -> Split:
                 split.skipped.append(f"{path.relative_to(root)}: {exc}")
                 continue
             split.samples.append((path, index[folder]))
+    not_read = ""
+    if other_formats:
+        counts = ", ".join(f"{n} {suffix}" for suffix, n in sorted(other_formats.items()))
+        not_read = (f"{sum(other_formats.values())} file(s) not read, as they are not "
+                    f".jpg/.jpeg/.png ({counts}; e.g. {other_example})")
     if not split.samples:
         raise UserError(
             f"channel '{name}' at {root} has no readable .jpg/.jpeg/.png images in its class "
-            "folders. Expected layout: <channel>/<NNN.ClassName>/<image>.jpg")
+            f"folders{'; ' + not_read if not_read else ''}. Expected layout: "
+            "<channel>/<NNN.ClassName>/<image>.jpg")
+    if not_read:
+        log.warning("%s: %s. Convert them to JPEG or PNG to train on them; the endpoint "
+                    "takes only those two formats.", name, not_read)
     if split.skipped:
         log.warning("%s: skipped %d unreadable image(s), e.g. %s", name, len(split.skipped),
                     split.skipped[0])
@@ -94,7 +127,9 @@ def discover(valid_fraction: float, seed: int, bad_images: str
     if len(classes) < 2:
         raise UserError(f"the 'train' channel has only one class ({classes[0]}); "
                         "a classifier needs at least two class folders.")
+    check_distinct_labels(classes)
     train = scan("train", train_root, classes, bad_images)
+    check_every_class_has_images(train, classes)
 
     valid_root = paths.channel_dir("valid")
     if valid_root.is_dir() and any(valid_root.iterdir()):
@@ -109,6 +144,31 @@ def discover(valid_fraction: float, seed: int, bad_images: str
     if test_root.is_dir() and any(test_root.iterdir()):
         test = scan("test", test_root, classes, bad_images)
     return classes, train, valid, test
+
+
+def check_distinct_labels(classes: list[str]) -> None:
+    """'001.Red_circle' and '002.Red_circle' would be two classes the endpoint names alike."""
+    by_label: dict[str, list[str]] = {}
+    for folder in classes:
+        by_label.setdefault(label_name(folder), []).append(folder)
+    same = [folders for folders in by_label.values() if len(folders) > 1]
+    if same:
+        groups = "; ".join(" and ".join(folders) for folders in same)
+        raise UserError(
+            f"the 'train' channel's class folders {groups} give the same label "
+            f"('{label_name(same[0][0])}'), so their predictions could not be told apart. "
+            "Merge each group into one folder, or rename them.")
+
+
+def check_every_class_has_images(train: Split, classes: list[str]) -> None:
+    """A class without a single training image can never be learned, only mispredicted."""
+    present = {label for _, label in train.samples}
+    empty = [folder for i, folder in enumerate(classes) if i not in present]
+    if empty:
+        raise UserError(
+            f"the 'train' channel's class folder(s) {', '.join(empty)} have no readable "
+            ".jpg/.jpeg/.png images, and a class without images can never be learned. Add "
+            "images to them, or remove them.")
 
 
 def split_off(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -181,11 +241,12 @@ class ImageDataset(Dataset):
         return self.transform(img), label
 
 
-def collate(batch):
-    """Stack a batch; images that could not be decoded are left out and listed."""
+def collate(batch, min_size: int = 1):
+    """Stack a batch; images that could not be decoded are left out and listed. A
+    batch with fewer than `min_size` good images comes back empty."""
     good = [b for b in batch if not isinstance(b, BadImage)]
     bad = [b for b in batch if isinstance(b, BadImage)]
-    if not good:
+    if len(good) < min_size:
         return torch.empty(0), torch.empty(0, dtype=torch.long), bad
     x = torch.stack([b[0] for b in good])
     y = torch.tensor([b[1] for b in good], dtype=torch.long)
@@ -222,18 +283,51 @@ class EvalTransform:
         return torch.from_numpy(eval_array(img, self.spec))
 
 
+class TrainingBatches(BatchSampler):
+    """Batches of `batch_size`, where a last batch of one sample joins the one before.
+
+    BatchNorm cannot train on a batch of one ("Expected more than 1 value per
+    channel when training"), and any training set one more than a multiple of the
+    batch size ends with one. Every sample is still trained on once per epoch.
+    """
+
+    def __init__(self, sampler, batch_size: int):
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def __iter__(self):
+        pending = None
+        for batch in super().__iter__():
+            if pending is not None and len(batch) == 1 < self.batch_size:  # the last one
+                batch, pending = pending + batch, None
+            if pending is not None:
+                yield pending
+            pending = batch
+        if pending is not None:
+            yield pending
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return super().__len__() - (n > 1 and n % self.batch_size == 1)
+
+
 def loader(split: Split, transform, batch_size: int, shuffle: bool, workers: int,
-           seed: int, sampler=None, pin_memory: bool = False) -> DataLoader:
+           seed: int, sampler=None, pin_memory: bool = False,
+           training: bool = False) -> DataLoader:
+    """`training`: no batch of a single image (unless batch_size is 1), neither at the
+    end of an epoch (TrainingBatches) nor after decode failures (collate's min_size)."""
     generator = torch.Generator().manual_seed(seed)
+    dataset = ImageDataset(split, transform)
+    if sampler is None:
+        sampler = (RandomSampler(dataset, generator=generator) if shuffle
+                   else SequentialSampler(dataset))
+    batches = (TrainingBatches(sampler, batch_size) if training
+               else BatchSampler(sampler, batch_size, drop_last=False))
     return DataLoader(
-        ImageDataset(split, transform),
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        dataset,
+        batch_sampler=batches,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=functools.partial(collate, min_size=min(2, batch_size) if training else 1),
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         generator=generator,
-        drop_last=False,
     )

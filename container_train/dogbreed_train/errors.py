@@ -31,6 +31,14 @@ def write_failure(message: str) -> None:
         log.error("could not write %s: %s", path, exc)
 
 
+def failure_reason() -> str:
+    """The kind of failure recorded (``UserError``, ``Stopped`` ...); "" for none."""
+    try:
+        return paths.failure_file().read_text().split(":", 1)[0]
+    except OSError:
+        return ""
+
+
 def report(exc: BaseException) -> int:
     """Log and record a failure; return the process exit code."""
     if isinstance(exc, UserError):

@@ -11,8 +11,9 @@ torchrun starts one process per GPU (one per host on CPU) on every host, with
 the first host as the rendezvous. Hosts come from resourceconfig.json (SM_HOSTS and
 SM_CURRENT_HOST win when set); the toolkit does not export SM_* variables into its
 own process. DOGBREED_PROCS_PER_HOST overrides the number of processes per host.
-The toolkit's process is PID 1 in the container, so it passes SIGTERM on to the
-program (which saves a checkpoint).
+This process is the container's PID 1 (entrypoint.py), so it passes SIGTERM on
+to the program, which stops and says so itself; a program that died of one
+before it could say so gets its ``Stopped:`` failure file from here.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import signal
 import subprocess
 import sys
 
-from . import errors, paths
+from . import errors, paths, stopping
 
 log = logging.getLogger(__name__)
 
 MASTER_PORT = 29500
+STOPPED = 128 + signal.SIGTERM  # 143, as the program exits on SIGTERM
 
 
 class TrainingFailed(Exception):
@@ -97,14 +99,27 @@ def environment() -> dict[str, str]:
 def main() -> None:
     errors.clear_failure()
     cmd = command()
+    child, stop_requested = None, False
+
+    def forward(signum, frame):
+        nonlocal stop_requested
+        stop_requested = True
+        if child is not None:
+            child.send_signal(signum)
+
+    # Until now a SIGTERM stopped the job at once (entrypoint.py); from here the program has it.
+    signal.signal(signal.SIGTERM, forward)
     if "torch.distributed.run" in cmd:
         print("launching: " + " ".join(cmd[1:]), flush=True)
     child = subprocess.Popen(cmd, env=environment())
-
-    def forward(signum, frame):
-        child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
+    if stop_requested:  # it came while the program was being started
+        child.send_signal(signal.SIGTERM)
     code = child.wait()
+    if code != 0 and stop_requested and errors.failure_reason() in ("", "Stopped"):
+        # The program died of it before its handler was in place, or torchrun, which
+        # passes it on to the program, exited with its own code: the job was stopped.
+        if not errors.failure_reason():
+            errors.write_failure(f"Stopped: SIGTERM {stopping.STARTING}")
+        raise TrainingFailed(STOPPED)
     if code != 0:
         raise TrainingFailed(code if code > 0 else 128 - code)

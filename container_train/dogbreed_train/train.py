@@ -342,7 +342,8 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
     train_sampler = distributed.EpochSampler(len(train_split.samples), world, hps.seed,
                                              shuffle=True, pad=True)
     train_loader = data.loader(train_split, data.train_transform(spec, hps.augment),
-                               hps.batch_size, shuffle=False, sampler=train_sampler, **common)
+                               hps.batch_size, shuffle=False, sampler=train_sampler,
+                               training=True, **common)
     valid_loader = data.loader(valid_split, data.EvalTransform(spec), hps.test_batch_size,
                                shuffle=False, sampler=distributed.EpochSampler(
                                    len(valid_split.samples), world, hps.seed, False, False),
@@ -381,6 +382,7 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
                             "data_wait": round(perf["data_wait"], 3)})
             job.checkpoint(epoch + 1, 0, {}, history, labels)
             start_step, partial = 0, {}
+    job.stop.training_done(job.stop_now(0))  # from here on a SIGTERM stops at once
     job.debug.close()
     # A bad image met by two ranks (in different epochs' shards) counts once.
     job.bad.seen = distributed.union_all(world, job.bad.seen)

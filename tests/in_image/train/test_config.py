@@ -62,3 +62,18 @@ def test_every_hyperparameter_has_help():
             "lr", "eps", "weight-decay", "batch-size", "test-batch-size", "epochs",
             "image-size", "seed"} <= set(names)
     assert all(text for _, text, _ in config.field_help())
+
+
+def test_json_quoted_values_as_the_sdk_and_its_tuners_write_them():
+    quoted = config.parse({"batch-size": '"8"', "model": '"resnet18"', "lr": '"0.01"',
+                           "pretrained": '"false"', "hidden-units": '"[64, 32]"'})
+    plain = config.parse({"batch-size": "8", "model": "resnet18", "lr": "0.01",
+                          "pretrained": "false", "hidden-units": "[64, 32]"})
+    assert quoted == plain
+    assert (quoted.batch_size, quoted.model, quoted.hidden_units) == (8, "resnet18", (64, 32))
+
+
+@pytest.mark.parametrize("value", ['"', '""', '"8', '"not json\\"'])
+def test_odd_quotes_are_values_like_any_other(value):
+    with pytest.raises(UserError, match="'batch-size'"):
+        config.parse({"batch-size": value})
