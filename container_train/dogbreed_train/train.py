@@ -28,8 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import (artifacts, checkpoints, config, data, debugger, distributed, metrics, paths,
-               profiling, recording, report)
+from . import (
+    artifacts,
+    checkpoints,
+    config,
+    data,
+    debugger,
+    distributed,
+    metrics,
+    paths,
+    profiling,
+    recording,
+    report,
+)
 from .errors import UserError
 from .models import build_model
 from .preprocess import Spec, load_eval_array
