@@ -260,8 +260,8 @@ def poor_weight_initialization(stats: dict, threshold: float, distribution_range
     """In the first `steps` steps: the variance of the ReLU inputs across layers
     spans more than `threshold` times; or the gradients' 5th-95th percentile
     range is below `distribution_range`; or the loss does not fall within
-    `patience` steps. Deviation: the percentiles are of a strided sample of
-    at most 64k gradient values across all layers, not of every value."""
+    `patience` steps. Deviation: the percentiles are of all layers' gradients
+    together, from a strided sample of at most 64k values per layer."""
     early = stats.get("early", [])[:steps]
     if not early:
         return _not("no statistics of the first steps recorded")
