@@ -6,13 +6,16 @@ TRAIN_IMAGE ?= dogbreed-train:latest
 SERVE_IMAGE ?= dogbreed-serve:latest
 BUILD := docker/harness/build.sh
 
-.PHONY: help docker images train-image serve-image serve-image-gpu venv lint test unit-test demo bench lock clean scripts-test
+.PHONY: help docker browser images train-image serve-image serve-image-gpu venv lint test unit-test demo bench lock clean scripts-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 docker: ## make sure a Docker engine is running (installs Debian's when root)
 	@docker/harness/ensure-docker.sh
+
+browser: ## make sure headless Chromium is installed (the report's browser test)
+	@docker/harness/ensure-chromium.sh
 
 images: train-image serve-image ## build dogbreed-train and dogbreed-serve
 
@@ -54,6 +57,7 @@ test: venv ## build everything, lint, and run the whole test suite
 	$(MAKE) lint
 	$(MAKE) images
 	$(MAKE) unit-test
+	$(MAKE) browser
 	$(VENV)/bin/python -m pytest tests --ignore=tests/in_image
 
 scripts-test: images venv ## the AWS scripts' tests: moto, a local registry, local mode

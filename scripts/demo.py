@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demodata  # noqa: E402
+import job_report  # noqa: E402
 import sagemaker_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     print(f"    model: {tarball}")
     print(f"    validation accuracy {metrics['valid_acc']:.3f}, "
           f"test accuracy {metrics['test_acc']:.3f}")
+    job_report.show(job_report.output_archive(tarball), out / "job-output")
 
     step(3, f"deploying {args.serve_image} to a local endpoint")
     predictor = sagemaker_calls.deploy(args.serve_image, tarball, sess)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import job_report  # noqa: E402
 import settings  # noqa: E402
 from settings import ConfigError  # noqa: E402
 
@@ -157,6 +158,7 @@ def train_local(args: argparse.Namespace, cfg) -> int:
     for key, value in sorted(meta.get("metrics", {}).items()):
         if isinstance(value, (int, float)):
             print(f"  {key:<14} {value:.4f}")
+    job_report.show(job_report.output_archive(tarball), Path(tarball).parent / "output")
     return 0
 
 
@@ -214,6 +216,8 @@ def main(argv=None) -> int:
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     if model:
         settings.save_state(cfg, model_data=model)
+        job_report.show(job_report.output_archive(model), Path(cfg.workdir) / "jobs" / job,
+                        session.client("s3"))
     return 0
 
 

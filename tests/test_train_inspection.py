@@ -91,7 +91,7 @@ def test_hook_and_profiler_change_nothing(inspected_run, trained_model):
 
 
 def test_profiler_trace_and_perf_lines(inspected_run):
-    traces = list((inspected_run.root / "output" / "data" / "profiler").glob("*.pt.trace.json"))
+    traces = list((inspected_run.root / "output" / "tensorboard").glob("*.pt.trace.json"))
     assert traces, "no torch.profiler trace written"
     trace = json.loads(traces[0].read_text())
     assert any(e.get("name", "").startswith("aten::conv") for e in trace["traceEvents"])

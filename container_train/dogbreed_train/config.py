@@ -73,7 +73,17 @@ class Hyperparameters(BaseModel):
     profile_steps: str = Field(
         "", alias="profile-steps", pattern=r"^(\d+-\d+)?$",
         description="torch.profiler trace of training steps START-END, e.g. 20-30; "
-                    "written to output/data/profiler")
+                    "written to the TensorBoard folder")
+
+    record: bool = Field(True, description="record statistics, evaluate the rules, write "
+                                           "TensorBoard events and report.html; false only "
+                                           "to measure what recording costs")
+    debug_interval: int = Field(100, alias="debug-interval", ge=1, le=100000,
+                                description="steps between per-layer gradient and weight "
+                                            "statistics (also the first 10 steps)")
+    nan_loss: Literal["stop", "continue"] = Field(
+        "stop", alias="nan-loss", description="a NaN or infinite training loss stops the job "
+                                              "(stop) or is only reported (continue)")
 
     @field_validator("hidden_units", mode="before")
     @classmethod

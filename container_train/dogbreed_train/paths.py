@@ -38,6 +38,11 @@ def output_data_dir() -> Path:
     return Path(os.environ.get("SM_OUTPUT_DATA_DIR", output_dir() / "data"))
 
 
+def tensorboard_dir() -> Path:
+    """Where SageMaker's TensorBoardOutputConfig (LocalPath default) uploads from."""
+    return Path(os.environ.get("DOGBREED_TENSORBOARD_DIR", output_dir() / "tensorboard"))
+
+
 def failure_file() -> Path:
     return output_dir() / "failure"
 

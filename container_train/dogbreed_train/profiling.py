@@ -9,8 +9,8 @@ work is queued asynchronously, so a loop waiting on the GPU shows up as compute;
 a loop waiting on JPEG decoding shows up as data_wait. Above 20% waiting the job
 is input-bound: add data-loader workers or a bigger instance's CPUs, or pre-resize
 the images. The optional torch.profiler trace covers a window of steps and goes
-to /opt/ml/output/data/profiler (uploaded with the job's output), for TensorBoard
-or Perfetto.
+to the TensorBoard folder (/opt/ml/output/tensorboard, copied into the job's
+output at the end), for TensorBoard or Perfetto.
 """
 
 from __future__ import annotations
@@ -59,14 +59,23 @@ class StepTimer:
 
 
 class GpuSampler:
-    """Mean GPU utilization over an epoch, sampled from NVML in a background thread."""
+    """CPU and GPU use over the training epochs, sampled every 0.5 s in a thread.
+
+    Each epoch's mean GPU utilization and peak memory go into its PERF line; the
+    whole series (CPU %, I/O wait %, GPU %, GPU memory % of the GPU, epoch) feeds
+    the system rules (verdicts.py) and the report. 0.5 s is SageMaker's default
+    system-monitor interval.
+    """
 
     def __init__(self, device: torch.device, interval: float = 0.5):
         self.device, self.interval = device, interval
         self.samples: list[int] = []
+        self.series: dict[str, list] = {"t": [], "epoch": [], "cpu": [], "iowait": []}
+        self.epoch = 0
         self._stop = threading.Event()
         self._thread = None
         self._handle = None
+        self._t0 = time.monotonic()
         if device.type == "cuda":
             try:
                 import pynvml
@@ -75,25 +84,49 @@ class GpuSampler:
                 index = device.index if device.index is not None else torch.cuda.current_device()
                 self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
                 self._nvml = pynvml
+                self.series.update(gpu_util=[], gpu_mem=[])
             except Exception as exc:  # noqa: BLE001 - utilization is nice to have
                 log.warning("GPU utilization unavailable (NVML): %s", exc)
+        try:
+            import psutil
+
+            self._psutil = psutil
+            psutil.cpu_times_percent(interval=None)  # starts its interval
+        except Exception:  # noqa: BLE001
+            self._psutil = None
 
     def __enter__(self):
-        if self._handle is not None:
-            self.samples.clear()
-            self._stop.clear()
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
+        self.samples.clear()
+        self._stop.clear()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
-            except Exception:  # noqa: BLE001
+                self._sample()
+            except Exception:  # noqa: BLE001 - a sampler must never disturb training
                 return
+
+    def _sample(self) -> None:
+        row = {}
+        if self._psutil is not None:
+            cpu = self._psutil.cpu_times_percent(interval=None)
+            row["cpu"] = 100.0 - cpu.idle - getattr(cpu, "iowait", 0.0)
+            row["iowait"] = getattr(cpu, "iowait", 0.0)
+        if self._handle is not None:
+            util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
+            mem = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
+            self.samples.append(util)
+            row["gpu_util"], row["gpu_mem"] = util, 100.0 * mem.used / mem.total
+        if not row:
+            return
+        row.update(t=round(time.monotonic() - self._t0, 2), epoch=self.epoch)
+        for key, values in self.series.items():  # one row appended in full, or none
+            values.append(row.get(key, 0.0))
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -128,7 +161,7 @@ def parse_window(text: str) -> tuple[int, int] | None:
     return int(start), int(end)
 
 
-def trace(window: tuple[int, int] | None, out_dir: Path, rank: int):
+def trace(window: tuple[int, int] | None, target: Path, rank: int):
     """A torch.profiler over `window` (call .step() after every training step)."""
     if window is None:
         return nullcontext(None)
@@ -138,7 +171,6 @@ def trace(window: tuple[int, int] | None, out_dir: Path, rank: int):
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-    target = out_dir / "profiler"
     log.info("torch.profiler: tracing steps %d-%d into %s", start, end - 1, target)
     return profile(activities=activities,
                    schedule=schedule(skip_first=max(0, start - 1), wait=0,

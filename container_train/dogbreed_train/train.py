@@ -5,9 +5,11 @@ Inside the image the SageMaker training toolkit starts it (see launch.py), once
 per GPU under torchrun when there are several GPUs or hosts.
 
 The loop, top to bottom: resume from the checkpoint if there is one; each epoch
-train (AMP and channels-last on GPU), validate, log METRIC and PERF lines, save
-a checkpoint; then predict the test channel and export the model. Rank 0 alone
-logs metrics and writes files; metrics are summed over all ranks.
+train (AMP and channels-last on GPU), validate, log METRIC and PERF lines,
+record statistics and evaluate the rules (recording.py, verdicts.py), save a
+checkpoint; then predict the test channel, export the model and write the
+report (report.py). Rank 0 alone logs metrics and writes files; metrics are
+summed over all ranks.
 """
 
 from __future__ import annotations
@@ -26,7 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import artifacts, checkpoints, config, data, debugger, distributed, metrics, paths, profiling
+from . import (
+    artifacts,
+    checkpoints,
+    config,
+    data,
+    debugger,
+    distributed,
+    metrics,
+    paths,
+    profiling,
+    recording,
+    report,
+)
 from .errors import UserError
 from .models import build_model
 from .preprocess import Spec, load_eval_array
@@ -147,6 +161,8 @@ class Job:
     debug: debugger.Debugger
     stop: StopRequest
     bad: data.BadImages
+    recorder: recording.Recorder | None = None
+    steps_per_epoch: int = 0
 
     def checkpoint(self, next_epoch: int, next_step: int, partial: dict, history: list,
                    labels: list[str]) -> None:
@@ -181,6 +197,7 @@ def train_one_epoch(job: Job, loader, sampler, epoch: int, start_step: int, sums
     job.debug.train()
     sampler.set_epoch(epoch, start_step * job.hps.batch_size)
     rt, step = job.rt, start_step
+    first_global = (epoch - 1) * job.steps_per_epoch
     timer = profiling.StepTimer()
     for x, y, bad in loader:
         if job.hps.max_steps_per_epoch and step >= job.hps.max_steps_per_epoch:
@@ -194,6 +211,8 @@ def train_one_epoch(job: Job, loader, sampler, epoch: int, start_step: int, sums
                 logits = job.model(x)
                 loss = job.criterion(logits, y)
             job.scaler.scale(loss).backward()
+            if job.recorder is not None:
+                job.recorder.after_backward(first_global + step, epoch, loss, job.scaler)
             job.scaler.step(job.optimizer)
             job.scaler.update()
             sums.add(loss * len(y), logits, y)
@@ -203,17 +222,22 @@ def train_one_epoch(job: Job, loader, sampler, epoch: int, start_step: int, sums
             prof.step()
         if job.stop_now(step):
             break
+    if job.recorder is not None:
+        job.recorder.flush()
     return timer.stop(rt.device), step
 
 
 @torch.no_grad()
-def evaluate(job: Job, loader) -> dict:
-    """Validation on this rank's shard, summed over ranks. Runs the bare model: shards
-    differ in length, and DDP's collectives must not see uneven calls."""
+def evaluate(job: Job, loader, n_classes: int) -> tuple[dict, dict]:
+    """Validation on this rank's shard, summed over ranks, and per-class counts
+    (for ClassImbalance). Runs the bare model: shards differ in length, and
+    DDP's collectives must not see uneven calls."""
     job.core.eval()
     job.debug.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     sums = Sums(job.rt.device)
+    total = torch.zeros(n_classes, dtype=torch.int64, device=job.rt.device)
+    correct = torch.zeros_like(total)
     for x, y, bad in loader:
         job.bad.add(bad)
         if len(y) == 0:
@@ -222,9 +246,15 @@ def evaluate(job: Job, loader) -> dict:
         with job.rt.autocast():
             logits = job.core(x)
         sums.add(criterion(logits.float(), y), logits, y)
+        total += torch.bincount(y, minlength=n_classes)
+        correct += torch.bincount(y[logits.argmax(1) == y], minlength=n_classes)
         if job.debug.active:  # the hook records the training criterion's output as EVAL loss
             job.criterion(logits.float(), y)
-    return sums.result(job.rt.world, job.rt.device)
+    counts = distributed.sum_all(job.rt.world, total.tolist() + correct.tolist(),
+                                 job.rt.device)
+    per_class = {"total": [int(c) for c in counts[:n_classes]],
+                 "correct": [int(c) for c in counts[n_classes:]]}
+    return sums.result(job.rt.world, job.rt.device), per_class
 
 
 @torch.no_grad()
@@ -336,6 +366,15 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
     spec = Spec.for_size(hps.image_size)
     job = build_job(hps, rt, len(labels))
     state = resume(job, labels)
+    counts = [0] * len(labels)
+    for _, label in train_split.samples:
+        counts[label] += 1
+    job.recorder = recording.Recorder(
+        job.core, main=world.main, enabled=hps.record, interval=hps.debug_interval,
+        nan_loss=hps.nan_loss, device=rt.device, amp=rt.amp, lr=hps.lr,
+        tensorboard_dir=paths.tensorboard_dir(), out_dir=out_dir,
+        class_counts=dict(zip(labels, counts, strict=True)),
+        hyperparameters=config.to_dict(hps))
 
     common = dict(workers=rt.workers, seed=hps.seed,
                   pin_memory=rt.device.type == "cuda")
@@ -355,11 +394,41 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
     partial = state["partial"] if state and start_step else {}
     window = profiling.parse_window(hps.profile_steps)
     gpu = profiling.GpuSampler(rt.device)
-    with profiling.trace(window, out_dir, world.rank) as prof:
+    job.steps_per_epoch = len(train_loader)
+    if hps.max_steps_per_epoch:
+        job.steps_per_epoch = min(job.steps_per_epoch, hps.max_steps_per_epoch)
+    try:
+        history = _epochs(job, hps, (train_loader, train_sampler, valid_loader), gpu, window,
+                          (history, first_epoch, start_step, partial), labels)
+    except recording.NonFiniteLoss:
+        job.recorder.close()  # the verdicts and statistics up to the bad step
+        if world.main:
+            report.write_safely(out_dir)
+        raise
+    job.stop.training_done(job.stop_now(0))  # from here on a SIGTERM stops at once
+    job.debug.close()
+    # A bad image met by two ranks (in different epochs' shards) counts once.
+    job.bad.seen = distributed.union_all(world, job.bad.seen)
+    distributed.barrier(world)
+    if not world.main:
+        job.recorder.close()
+        return None
+    return finish(job, spec, labels, folders, history,
+                  (train_split, valid_split, test_split), out_dir, model_dir)
+
+
+def _epochs(job: Job, hps: config.Hyperparameters, loaders, gpu, window, start, labels):
+    """The epoch loop: train, validate, log, record, checkpoint; returns the history."""
+    rt, world = job.rt, job.rt.world
+    train_loader, train_sampler, valid_loader = loaders
+    history, first_epoch, start_step, partial = start
+    trace_dir = paths.tensorboard_dir()
+    with profiling.trace(window, trace_dir, world.rank) as prof:
         for epoch in range(first_epoch, hps.epochs + 1):
             lr = job.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             sums = Sums(rt.device, **partial)
+            gpu.epoch = epoch
             with gpu:
                 perf, steps = train_one_epoch(job, train_loader, train_sampler, epoch,
                                               start_step, sums, prof)
@@ -370,27 +439,23 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
                               f"{paths.checkpoint_dir()}. Run the job again to resume.")
             tr = sums.result(world, rt.device)
             job.scheduler.step()
-            va = evaluate(job, valid_loader)
+            va, per_class = evaluate(job, valid_loader, len(labels))
             seconds = time.perf_counter() - started
             log.info(metrics.epoch_line(epoch, hps.epochs, tr, va, lr, seconds))
-            log.info(profiling.perf_line(epoch, hps.epochs, {**perf, **gpu.summary()}))
-            history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                            "valid_loss": va["loss"], "valid_acc": va["acc"], "lr": lr,
-                            "train_images": tr["images"], "valid_images": va["images"],
-                            "seconds": round(seconds, 3),
-                            "images_per_s": round(perf["images_per_s"] * world.size, 1),
-                            "data_wait": round(perf["data_wait"], 3)})
+            use = gpu.summary()
+            log.info(profiling.perf_line(epoch, hps.epochs, {**perf, **use}))
+            row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                   "valid_loss": va["loss"], "valid_acc": va["acc"], "lr": lr,
+                   "train_images": tr["images"], "valid_images": va["images"],
+                   "seconds": round(seconds, 3),
+                   "images_per_s": round(perf["images_per_s"] * world.size, 1),
+                   "data_wait": round(perf["data_wait"], 3)}
+            row.update({k: round(v, 3) for k, v in use.items()})
+            history.append(row)
+            job.recorder.end_epoch(row, per_class, gpu.series)
             job.checkpoint(epoch + 1, 0, {}, history, labels)
             start_step, partial = 0, {}
-    job.stop.training_done(job.stop_now(0))  # from here on a SIGTERM stops at once
-    job.debug.close()
-    # A bad image met by two ranks (in different epochs' shards) counts once.
-    job.bad.seen = distributed.union_all(world, job.bad.seen)
-    distributed.barrier(world)
-    if not world.main:
-        return None
-    return finish(job, spec, labels, folders, history,
-                  (train_split, valid_split, test_split), out_dir, model_dir)
+    return history
 
 
 def finish(job: Job, spec: Spec, labels, folders, history, splits, out_dir,
@@ -398,12 +463,19 @@ def finish(job: Job, spec: Spec, labels, folders, history, splits, out_dir,
     """Test predictions, rule verdicts and the exported model (rank 0)."""
     hps = job.hps
     train_split, valid_split, test_split = splits
-    test = None
+    test, predictions, evaluated = None, [], None
     if test_split is not None:
         test, predictions = predict_split(job, test_split, spec, paths.channel_dir("test"),
                                           labels)
         log.info(metrics.test_line(test))
         artifacts.save_json(out_dir / "test_predictions.json", predictions)
+        evaluated = ("test", paths.channel_dir("test"))
+    elif hps.record:  # the report's confusion matrix comes from validation instead
+        root = valid_split.samples[0][0].parents[1] if valid_split.samples else None
+        _, predictions = predict_split(job, valid_split, spec, root, labels) if root else (
+            None, [])
+        artifacts.save_json(out_dir / "valid_predictions.json", predictions)
+        evaluated = ("valid", root)
     if job.debug.active:
         report_rules(job.debug.tensor_dir, out_dir)
 
@@ -432,6 +504,10 @@ def finish(job: Job, spec: Spec, labels, folders, history, splits, out_dir,
                          "test": len(test_split.samples) if test_split else 0},
               "skipped_images": {"scan": skipped, "decode": dropped}}
     artifacts.save_metrics(out_dir, record)
+    if hps.record:
+        job.recorder.close(test)
+        report.thumbnails_safely(out_dir, predictions, evaluated)
+        report.write_safely(out_dir)
     # Worded unlike the METRIC lines so the metric regexes never count it twice.
     log.info("finished: validation accuracy %.4f%s", last["valid_acc"],
              f", test accuracy {test['acc']:.4f}" if test else "")
