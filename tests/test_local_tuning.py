@@ -194,3 +194,16 @@ def test_bad_input_is_one_line_before_any_trial_starts(data, env, tmp_path, args
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
         proc.stderr
     assert not (tmp_path / "work" / "tuning").exists()  # no study, no trial
+
+
+def test_each_trial_gets_one_gpu_or_its_share_of_the_cores():
+    sys.path.insert(0, str(SCRIPTS))
+    import local_trial
+    import local_tuning
+
+    assert local_tuning.default_parallelism(["0", "1"], 16) == 2  # one trial per GPU
+    assert local_tuning.default_parallelism([], 16) == 4
+    assert local_tuning.default_parallelism([], 2) == 1
+    assert local_trial.Share(8, "1").docker_args() == [
+        "--cpus", "8", "-e", "OMP_NUM_THREADS=8", "--gpus", "device=1"]
+    assert local_trial.Share(0.5).docker_args() == ["--cpus", "0.5", "-e", "OMP_NUM_THREADS=1"]
