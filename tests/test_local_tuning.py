@@ -30,8 +30,9 @@ TINY = {"model": "resnet18", "pretrained": "false", "image-size": "32", "workers
         "test-batch-size": "16"}
 
 
-def statics(**extra: str) -> list[str]:
-    return [f"--static={k}={v}" for k, v in {**TINY, **extra}.items()]
+def statics(**extra: str | None) -> list[str]:
+    """--static flags for TINY and extra (a None value leaves that name out)."""
+    return [f"--static={k}={v}" for k, v in {**TINY, **extra}.items() if v is not None]
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,25 @@ def test_pruning_stops_a_trial_whose_loss_does_not_move(data, env, tmp_path):
     assert "METRIC epoch=1/4" in log and "METRIC epoch=4/4" not in log
     assert float(bad["duration_s"]) < float(good["duration_s"])
     assert float(bad["objective"]) > float(good["objective"])
+
+
+def test_a_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(data, env, tmp_path):
+    # AlexNet's pooling cannot shrink a 32-pixel image five times: that trial fails
+    # while training, though every value is valid on its own.
+    proc = tune("--data", str(data), "--strategy", "Grid", "--max-jobs", "2",
+                "--max-parallel-jobs", "1", "--early-stopping", "Off",
+                "--range", "model=cat:alexnet,resnet18",
+                *statics(epochs="1", model=None, **{"batch-size": "8"}), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    job_dir = tmp_path / "work" / "tuning" / state(tmp_path)["tuning_job"]
+    rows = {r["model"]: r for r in read_rows(job_dir)}
+    assert rows["alexnet"]["status"] == "Failed" and rows["alexnet"]["objective"] == ""
+    failure = (job_dir / "trials" / rows["alexnet"]["training_job"] / "opt_ml" / "output"
+               / "failure").read_text().splitlines()[0]
+    assert rows["alexnet"]["failure_reason"] == failure[:1024] and failure
+    assert rows["resnet18"]["status"] == "Completed"
+    best = json.loads((job_dir / "best.json").read_text())
+    assert best["training_job"] == rows["resnet18"]["training_job"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
