@@ -6,6 +6,8 @@
     scripts/tune.py --range lr=cont:0.001:0.1:log --range model=cat:resnet50,vgg16 \\
                     --range eps=off --static pretrained=true
     scripts/tune.py --report dogbreed-hpo-241122-1200  # the report of an earlier job
+    scripts/tune.py --local --data ~/dogImages --max-jobs 6   # local containers, no AWS
+    scripts/tune.py --local --resume dogbreed-hpo-local-241122-1200   # after Ctrl-C/kill
 
 Range specs: cont:LOW:HIGH[:log], int:LOW:HIGH[:log], cat:A,B,C, or off (not tuned).
 The objective is a metric the training image logs (valid:accuracy by default), read
@@ -53,14 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strategy", choices=["Bayesian", "Random", "Hyperband", "Grid"],
                    default="Bayesian", help="search strategy (default: %(default)s)")
     p.add_argument("--max-jobs", type=int, default=8, help="trials in all (default: 8)")
-    p.add_argument("--max-parallel-jobs", type=int, default=2,
-                   help="trials at the same time (default: 2)")
-    p.add_argument("--early-stopping", choices=["Off", "Auto"], default="Off")
+    p.add_argument("--max-parallel-jobs", type=int, default=None,
+                   help="trials at the same time (default: 2; with --local, one per GPU, "
+                        "else one per 4 CPU cores)")
+    p.add_argument("--early-stopping", choices=["Off", "Auto"], default=None,
+                   help="stop trials that do worse than the median so far (default: Off; "
+                        "with --local, Auto)")
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--max-run", type=int, default=4 * 3600,
                    help="seconds each trial may run (default: %(default)s)")
     p.add_argument("--data", help="S3 prefix holding train/ valid/ test/ "
-                                  "(default: what data.py uploaded)")
+                                  "(default: what data.py uploaded); with --local, a folder")
     p.add_argument("--image-uri", help="training image URI (default: from the registry settings)")
     p.add_argument("--metric-definitions", type=Path, default=settings.METRIC_DEFINITIONS,
                    help="the training image's metric regexes (default: %(default)s)")
@@ -68,9 +73,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start the job and return; run --report JOB later")
     p.add_argument("--report", metavar="JOB",
                    help="only write the report of an existing tuning job")
+    local = p.add_argument_group("local tuning (scripts/local_tuning.py)")
+    local.add_argument("--local", action="store_true",
+                       help="run the trials as local training containers (Optuna), no AWS")
+    local.add_argument("--resume", metavar="JOB",
+                       help="with --local: go on with a stopped or killed local tuning job")
+    local.add_argument("--seed", type=int, default=None,
+                       help="with --local: seed of the search, for a repeatable order")
     settings.add_arguments(p, ["region", "profile", "role", "bucket", "prefix", "registry",
-                               "train_repository", "tag", "train_instance_type", "workdir"])
-    return p.parse_args(argv)
+                               "train_repository", "tag", "local_train_image",
+                               "train_instance_type", "workdir"])
+    args = p.parse_args(argv)
+    if not args.local:
+        args.max_parallel_jobs = args.max_parallel_jobs or 2
+        args.early_stopping = args.early_stopping or "Off"
+    return args
 
 
 def parse_range(name: str, spec: str) -> tuple[str, list] | None:
@@ -121,6 +138,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = settings.resolve(args)
     workdir = Path(cfg.workdir)
+    if args.local:
+        import local_tuning
+
+        return local_tuning.main(args, cfg, None if args.resume else ranges_from(args),
+                                 settings.parse_pairs(args.static, "--static"))
     session = settings.boto_session(cfg)
     sm_client = session.client("sagemaker")
     if args.report:

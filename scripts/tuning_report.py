@@ -49,13 +49,16 @@ def objective_value(trial: dict) -> float | None:
     return None if metric is None else float(metric["Value"])
 
 
-def rows(trials: list[dict], names: list[str]) -> list[dict[str, Any]]:
-    """One row per trial, in the order they were created."""
+def rows(trials: list[dict], names: list[str], extra: tuple[str, ...] = ()
+         ) -> list[dict[str, Any]]:
+    """One row per trial, in the order they were created; `extra` names further keys
+    of each trial to add as columns (the local tuner's duration and failure reason)."""
     out = []
     for t in sorted(trials, key=lambda t: str(t.get("CreationTime", ""))):
         tuned = {k: v.strip('"') for k, v in t.get("TunedHyperParameters", {}).items()}
         out.append({"training_job": t["TrainingJobName"], "status": t["TrainingJobStatus"],
-                    "objective": objective_value(t), **{n: tuned.get(n, "") for n in names}})
+                    "objective": objective_value(t), **{n: tuned.get(n, "") for n in names},
+                    **{c: t.get(c, "") for c in extra}})
     return out
 
 
@@ -140,12 +143,13 @@ def plot(rows_: list[dict[str, Any]], names: list[str], objective: str, objectiv
     return path
 
 
-def write(description: dict, trials: list[dict], outdir: Path) -> dict:
+def write(description: dict, trials: list[dict], outdir: Path,
+          extra_columns: tuple[str, ...] = ()) -> dict:
     """Print the table; write trials.csv, best.json and search.png to outdir."""
     name = description["HyperParameterTuningJobName"]
     objective, objective_type = objective_of(description)
     names = tuned_names(description)
-    table_rows = rows(trials, names)
+    table_rows = rows(trials, names, extra_columns)
     print(f"\ntuning job {name}: {description.get('HyperParameterTuningJobStatus')}, "
           f"{len(trials)} trials, objective {objective} ({objective_type})\n")
     print(table(table_rows))
