@@ -31,7 +31,7 @@ $(VENV)/.done: tests/requirements.lock
 	$(VENV)/bin/pip install -q --no-deps --require-hashes -r tests/requirements.lock
 	touch $@
 
-venv: $(VENV)/.done ## host tools: pytest, SageMaker SDK v2, moto, boto3
+venv: $(VENV)/.done ## host tools: pytest, SageMaker SDK v3, moto, boto3
 
 # A pure-Python pytest mounted into the images: their unit tests run where torch lives.
 INIMAGE_PYTEST := .cache/pytest-inimage
