@@ -58,8 +58,8 @@ def train_locally(image: str, channels: dict[str, Path], hyperparameters: dict,
                   root: Path, instance_count: int = 1) -> Path:
     """A training job in local containers (one per instance) under root; returns the
     model.tar.gz it packed. Needs a region, not credentials."""
+    from sagemaker.core.training.configs import Compute, InputData
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import Compute, InputData
     from sagemaker.train.model_trainer import Mode
 
     root.mkdir(parents=True, exist_ok=True)
@@ -254,8 +254,8 @@ def start_tuning_job(boto_session, *, name: str, image_uri: str, role: str,
                      wait: bool = False) -> str:
     """A HyperparameterTuner over a ModelTrainer for the training image; returns the
     tuning job's name (waits for it with wait)."""
+    from sagemaker.core.training.configs import Compute, OutputDataConfig, StoppingCondition
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import Compute, OutputDataConfig, StoppingCondition
     from sagemaker.train.tuner import HyperparameterTuner
 
     trainer = ModelTrainer(
