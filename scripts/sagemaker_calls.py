@@ -18,7 +18,6 @@ profiler (support ends 2027-06-30) are attached only when asked for.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import boto3
@@ -28,12 +27,6 @@ DEBUGGER_RULES = ("VanishingGradient", "Overfit", "Overtraining",
                   "PoorWeightInitialization", "LossNotDecreasing")
 TENSORBOARD_DIR = "/opt/ml/output/tensorboard"   # where the training image writes
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def opt_out_of_telemetry(directory: Path) -> None:
@@ -54,10 +47,17 @@ def sdk_session(boto_session):
 
 # --- local mode (no AWS account) -----------------------------------------------------
 
+class LocalJobFailed(Exception):
+    """A local training job ended with an error; the message has its failure file."""
+
+
 def train_locally(image: str, channels: dict[str, Path], hyperparameters: dict,
-                  root: Path, instance_count: int = 1) -> Path:
+                  root: Path, instance_count: int = 1, log: Path | None = None) -> Path:
     """A training job in local containers (one per instance) under root; returns the
-    model.tar.gz it packed. Needs a region, not credentials."""
+    model.tar.gz it packed. Needs a region, not credentials. The containers' output
+    goes to stdout, or to the file log."""
+    import contextlib
+
     from sagemaker.core.training.configs import Compute, InputData
     from sagemaker.train import ModelTrainer
     from sagemaker.train.model_trainer import Mode
@@ -71,7 +71,15 @@ def train_locally(image: str, channels: dict[str, Path], hyperparameters: dict,
         hyperparameters={k: str(v) for k, v in hyperparameters.items()},
         base_job_name="dogbreed-train", local_container_root=str(root),
         sagemaker_session=sdk_session(boto3.Session(region_name=REGION)))
-    trainer.train(wait=True)
+    with contextlib.ExitStack() as stack:
+        if log is not None:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(log, "w"))))
+        try:
+            trainer.train(wait=True)
+        except RuntimeError as exc:  # the SDK's "Failed to run ... exited with code N"
+            failure = sorted(root.glob("algo-*/output/failure"))
+            reason = failure[0].read_text().strip().splitlines()[0] if failure else str(exc)
+            raise LocalJobFailed(f"local training job failed: {reason}") from None
     return root / "compressed_artifacts" / "model.tar.gz"
 
 
@@ -273,13 +281,6 @@ def start_tuning_job(boto_session, *, name: str, image_uri: str, role: str,
         tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()] or None)
     tuner.tune(inputs=dict(channels), job_name=name, wait=wait)
     return tuner.latest_tuning_job.hyper_parameter_tuning_job_name
-
-
-def wait_for_tuning_job(boto_session, name: str) -> None:
-    from sagemaker.core.resources import HyperParameterTuningJob
-
-    HyperParameterTuningJob.get(hyper_parameter_tuning_job_name=name, session=boto_session,
-                                region=boto_session.region_name).wait()
 
 
 # --- hosting ----------------------------------------------------------------------------

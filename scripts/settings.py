@@ -325,8 +325,10 @@ def describe_error(exc: BaseException) -> str | None:
     if isinstance(exc, bce.BotoCoreError):
         return str(exc)
     name = type(exc).__name__
-    if name in ("UnexpectedStatusException", "CapacityError"):
+    if name in ("UnexpectedStatusException", "CapacityError", "FailedStatusError"):
         return f"SageMaker job did not succeed: {exc}"
+    if name in ("LocalJobFailed", "EndpointError"):
+        return str(exc)
     return None
 
 

@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                    "(waits for it to end)")
     p.add_argument("--local", action="store_true",
                    help="local containers through the SDK's ModelTrainer, no AWS account")
-    p.add_argument("--quiet", action="store_true", help="don't stream the training log")
+    p.add_argument("--quiet", action="store_true",
+                   help="don't stream the training log (with --local: WORKDIR/local-jobs/JOB.log)")
     settings.add_arguments(p, ["region", "profile", "role", "bucket", "prefix", "registry",
                                "train_repository", "tag", "local_train_image",
                                "train_instance_type", "workdir"])
@@ -164,8 +165,9 @@ def train_local(args: argparse.Namespace, cfg) -> int:
     print(f"==> local training job {job} with {image} on {args.instance_count} "
           f"container(s), hyperparameters {json.dumps(hps)}", flush=True)
     try:
-        tarball = sagemaker_calls.train_locally(image, {s: root / s for s in layout.files},
-                                                hps, jobdir, args.instance_count)
+        tarball = sagemaker_calls.train_locally(
+            image, {s: root / s for s in layout.files}, hps, jobdir, args.instance_count,
+            log=jobdir.parent / f"{job}.log" if args.quiet else None)
     finally:
         sagemaker_calls.remove_local_containers(jobdir)
     if not tarball.is_file():
