@@ -672,3 +672,28 @@ def test_batch_transform_over_an_s3_folder(aws):
     aws.run("cleanup", "--model", name)
     assert aws.server.operations()[-1] == "DeleteModel"
     assert aws.client("sagemaker").list_models()["Models"] == []
+
+
+def test_invoke_async_uploads_invokes_and_reads_the_answer(aws, tmp_path):
+    """moto answers invoke_endpoint_async with a result configured here, written to S3."""
+    import requests
+
+    aws.run("deploy", "--model-data", MODEL, "--endpoint-name", "dogbreed-async", "--async",
+            "--async-output", f"s3://{BUCKET}/async-out", "--poll", "1")
+    answer = {"predictions": [{"label": "Red_stripes", "index": 0, "probability": 0.75}]}
+    requests.post(f"{aws.server.url}/moto-api/static/sagemaker/async-endpoint-results",
+                  json={"results": [{"data": json.dumps(answer)}]}, timeout=10).raise_for_status()
+    photo = sorted((make_dataset(tmp_path / "p", {"test": 1}) / "test").rglob("*.jpg"))[0]
+    aws.server.requests.clear()
+    proc = aws.run("invoke", str(photo), "--top-k", "1", "--json", str(tmp_path / "a.json"))
+    [put] = [r for r in aws.server.requests if r.method == "PUT"
+             and r.path.startswith(f"/{BUCKET}/dogbreed/async-input/")]
+    [invoke] = [r for r in aws.server.requests if r.path.endswith("/async-invocations")]
+    assert invoke.path == "/endpoints/dogbreed-async/async-invocations"
+    key = put.path.removeprefix(f"/{BUCKET}/")
+    stored = aws.client("s3").get_object(Bucket=BUCKET, Key=key)
+    assert stored["Body"].read() == photo.read_bytes()
+    assert stored["ContentType"] == "image/jpeg"
+    [result] = json.loads((tmp_path / "a.json").read_text())["results"]
+    assert (result["client"], result["predictions"]) == ("async", answer["predictions"])
+    assert "1. Red_stripes" in proc.stdout
