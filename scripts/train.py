@@ -169,7 +169,7 @@ def train_local(args: argparse.Namespace, cfg) -> int:
             image, {s: root / s for s in layout.files}, hps, jobdir, args.instance_count,
             log=jobdir.parent / f"{job}.log" if args.quiet else None)
     finally:
-        sagemaker_calls.remove_local_containers(jobdir)
+        sagemaker_calls.remove_leftovers(jobdir)
     if not tarball.is_file():
         raise ConfigError(f"the local training job left no model ({tarball}); "
                           f"see {jobdir}/output")
