@@ -73,7 +73,8 @@ def train_locally(image: str, channels: dict[str, Path], hyperparameters: dict,
         sagemaker_session=sdk_session(boto3.Session(region_name=REGION)))
     with contextlib.ExitStack() as stack:
         if log is not None:
-            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(log, "w"))))
+            stack.enter_context(contextlib.redirect_stdout(
+                stack.enter_context(open(log, "w", buffering=1))))  # line by line: tail -f
         try:
             trainer.train(wait=True)
         except RuntimeError as exc:  # the SDK's "Failed to run ... exited with code N"
