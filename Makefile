@@ -6,7 +6,7 @@ TRAIN_IMAGE ?= dogbreed-train:latest
 SERVE_IMAGE ?= dogbreed-serve:latest
 BUILD := docker/harness/build.sh
 
-.PHONY: help docker browser images train-image serve-image serve-image-gpu venv lint test unit-test demo bench lock clean scripts-test
+.PHONY: help docker browser images train-image serve-image serve-image-gpu venv venv-sdk2 lint test unit-test demo bench lock clean scripts-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,7 +34,16 @@ $(VENV)/.done: tests/requirements.lock
 	$(VENV)/bin/pip install -q --no-deps --require-hashes -r tests/requirements.lock
 	touch $@
 
-venv: $(VENV)/.done ## host tools: pytest, SageMaker SDK v2, moto, boto3
+venv: $(VENV)/.done ## host tools: pytest, SageMaker SDK v3, moto, boto3
+
+# SDK v2 (the same `sagemaker` package) for tests/sdk2, the v2 compatibility test.
+VENV_SDK2 := .venv-sdk2
+$(VENV_SDK2)/.done: tests/requirements-sdk2.lock
+	$(PYTHON) -m venv $(VENV_SDK2)
+	$(VENV_SDK2)/bin/pip install -q --no-deps --require-hashes -r tests/requirements-sdk2.lock
+	touch $@
+
+venv-sdk2: $(VENV_SDK2)/.done ## SageMaker SDK v2 for its compatibility test
 
 # A pure-Python pytest mounted into the images: their unit tests run where torch lives.
 INIMAGE_PYTEST := .cache/pytest-inimage
@@ -53,7 +62,7 @@ lint: venv ## static checks: ruff (ruff.toml) and bandit (.bandit.yml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/bandit -q -c .bandit.yml -r container_train container_serve scripts
 
-test: venv ## build everything, lint, and run the whole test suite
+test: venv venv-sdk2 ## build everything, lint, and run the whole test suite
 	$(MAKE) lint
 	$(MAKE) images
 	$(MAKE) unit-test
@@ -64,7 +73,7 @@ scripts-test: images venv ## the AWS scripts' tests: moto, a local registry, loc
 	$(VENV)/bin/python -m pytest tests/test_scripts_aws.py tests/test_scripts_push.py \
 		tests/test_scripts_local.py
 
-demo: images venv ## train, serve and classify locally on Fashion-MNIST (SDK local mode)
+demo: images venv ## train, serve and classify locally on Fashion-MNIST (no AWS account)
 	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)
 
 # Benchmarks (issue #7): BENCH_ARGS="--quick" for a smoke run; `benchmarks/run.py --help`.
@@ -76,4 +85,4 @@ lock: ## re-lock every requirements file (needs uv)
 
 clean: ## remove the project's images, build cache and venv
 	-docker rmi $(TRAIN_IMAGE) $(SERVE_IMAGE) 2>/dev/null
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(VENV_SDK2) .cache

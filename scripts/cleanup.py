@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """cleanup: delete the endpoint, its endpoint config and its model, in that order.
 
+Real-time, serverless and asynchronous endpoints alike; a batch transform's model
+with --model.
+
     scripts/cleanup.py                           # what the last deploy.py made
     scripts/cleanup.py --endpoint NAME --model dogbreed-batch-20261122-120000
     scripts/cleanup.py --local                   # stop the local endpoint
@@ -128,7 +131,7 @@ def cleanup_aws(args: argparse.Namespace, cfg) -> int:
     for model in dict.fromkeys(models):
         attempt(f"model {model}", sm.delete_model, ModelName=model)
     if endpoint and endpoint == state.get("endpoint"):
-        settings.save_state(cfg, endpoint=None)
+        settings.save_state(cfg, endpoint=None, endpoint_kind=None, async_output=None)
     return 0
 
 
@@ -145,6 +148,7 @@ def alive(pid: int) -> bool:
 
 
 def cleanup_local(cfg, timeout: float = 180) -> int:
+    import local_endpoint
     import sagemaker_calls
 
     endpoint = settings.load_state(cfg).get("local_endpoint") or {}
@@ -161,8 +165,12 @@ def cleanup_local(cfg, timeout: float = 180) -> int:
                 raise ConfigError(f"local endpoint process {pid} did not stop in {timeout} s")
             time.sleep(0.5)
     else:
-        print("no local endpoint recorded; removing any containers local mode left")
-    sagemaker_calls.remove_local_containers(Path(cfg.workdir).resolve() / ".local-containers")
+        print("no local endpoint recorded; removing any local containers left behind")
+    root = Path(cfg.workdir).resolve() / ".local-containers"
+    removed = local_endpoint.remove_all(root)
+    if removed:
+        print(f"    removed {removed} local endpoint container(s)")
+    sagemaker_calls.remove_local_containers(Path(cfg.workdir).resolve() / "local-jobs")
     settings.save_state(cfg, local_endpoint=None)
     print("local endpoint stopped")
     return 0

@@ -182,8 +182,7 @@ def main(argv=None) -> int:
 
     session = settings.boto_session(cfg)
     if not cfg.bucket:
-        import sagemaker_calls
-        cfg["bucket"] = sagemaker_calls.default_bucket(sagemaker_calls.aws_session(session))
+        cfg["bucket"] = settings.default_bucket(session)
     key_prefix = "/".join(p for p in (cfg.prefix.strip("/"), "data") if p)
     print(f"==> uploading to s3://{cfg.bucket}/{key_prefix}/")
     sent, skipped = upload(session.client("s3"), layout, cfg.bucket, key_prefix, args.workers)

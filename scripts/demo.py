@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The local demo: prepare data, train, deploy, classify real photos, summarize.
 
-Everything runs on this machine through the SageMaker Python SDK's local mode and
-the project's two images; no AWS account is needed. The data is Fashion-MNIST
+Everything runs on this machine with the project's two images and no AWS account:
+training through SDK v3's ModelTrainer in local-container mode, serving in a
+local container (Docker SDK) that gets the photos as raw bytes over HTTP. The data is Fashion-MNIST
 (real photos of clothing that Debian ships), so nothing is downloaded on Debian.
 
     make demo                     # or: .venv/bin/python scripts/demo.py --help
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import sys
 import tarfile
 import time
@@ -25,6 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demodata  # noqa: E402
 import job_report  # noqa: E402
+import local_endpoint  # noqa: E402
 import sagemaker_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="test photos sent to the endpoint as raw bytes")
     p.add_argument("--train-image", default="dogbreed-train:latest")
     p.add_argument("--serve-image", default="dogbreed-serve:latest")
-    p.add_argument("--quiet", action="store_true", help="don't stream the training log")
+    p.add_argument("--quiet", action="store_true",
+                   help="write the training log to OUT/training.log instead of the terminal")
     return p.parse_args(argv)
 
 
@@ -61,8 +63,6 @@ def as_jpeg(png: bytes) -> bytes:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # Local mode warns about rootless Docker on every request; not news to a demo.
-    logging.getLogger("sagemaker.local.utils").setLevel(logging.ERROR)
     out = args.out.resolve()
     start = time.monotonic()
     sagemaker_calls.opt_out_of_telemetry(out / ".sagemaker")
@@ -76,13 +76,17 @@ def main(argv=None) -> int:
     print(f"    {counts['train']} train / {counts['valid']} valid / {counts['test']} test "
           f"images in {len(demodata.CLASSES)} classes under {data}")
 
-    step(2, f"training {args.train_image} through SageMaker local mode")
-    sess = sagemaker_calls.session(out / ".containers")
+    step(2, f"training {args.train_image} through SDK v3's ModelTrainer (local containers)")
     hyperparameters = {"model": "resnet18", "pretrained": False, "epochs": args.epochs,
                        "batch-size": 32, "test-batch-size": 128,
                        "image-size": args.image_size, "lr": 0.002, "workers": 1}
-    tarball = sagemaker_calls.train(args.train_image, {s: data / s for s in counts},
-                               hyperparameters, out / "jobs", sess, logs=not args.quiet)
+    job = out / "jobs" / time.strftime("dogbreed-train-%Y%m%d-%H%M%S", time.gmtime())
+    try:
+        tarball = sagemaker_calls.train_locally(
+            args.train_image, {s: data / s for s in counts}, hyperparameters, job,
+            log=out / "training.log" if args.quiet else None)
+    finally:
+        sagemaker_calls.remove_leftovers(job)
     with tarfile.open(tarball) as tar:
         meta = json.load(tar.extractfile("model.json"))
     metrics = meta["metrics"]
@@ -92,7 +96,8 @@ def main(argv=None) -> int:
     job_report.show(job_report.output_archive(tarball), out / "job-output")
 
     step(3, f"deploying {args.serve_image} to a local endpoint")
-    predictor = sagemaker_calls.deploy(args.serve_image, tarball, sess)
+    endpoint = local_endpoint.start(args.serve_image, tarball, out / ".containers",
+                                    f"dogbreed-demo-{time.strftime('%H%M%S')}")
     try:
         step(4, f"classifying {args.invoke} test photos sent as raw image bytes")
         photos = sorted((data / "test").rglob("*.png"))
@@ -102,7 +107,9 @@ def main(argv=None) -> int:
             body, ctype = path.read_bytes(), "image/png"
             if i % 2:
                 body, ctype = as_jpeg(body), "image/jpeg"
-            top = sagemaker_calls.predict(predictor, body, ctype)["predictions"]
+            answer = endpoint.invoke(body, ctype)
+            answer.raise_for_status()
+            top = answer.json()["predictions"]
             truth = demodata.label_of(path)
             correct += top[0]["label"] == truth
             rows.append({"image": str(path.relative_to(data)), "content_type": ctype,
@@ -116,10 +123,10 @@ def main(argv=None) -> int:
                   f"{r['truth']:<{width}}  {r['predicted']} ({r['probability']:.2f}) {mark}")
     finally:
         step(5, "deleting the local endpoint and local mode's leftover containers")
-        predictor.delete_endpoint()
-        sagemaker_calls.remove_leftovers(out / ".containers")
+        endpoint.stop()
+        local_endpoint.remove_all(out / ".containers")
 
-    summary = {"model_data": tarball, "valid_acc": metrics["valid_acc"],
+    summary = {"model_data": str(tarball), "valid_acc": metrics["valid_acc"],
                "test_acc": metrics["test_acc"], "endpoint_acc": correct / len(rows),
                "invocations": rows, "seconds": round(time.monotonic() - start, 1),
                "images": counts, "hyperparameters": hyperparameters}

@@ -3,21 +3,25 @@
 
     scripts/deploy.py                                   # the model train.py made
     scripts/deploy.py --training-job JOB --instance-count 2 --autoscale 1:4
+    scripts/deploy.py --serverless --serverless-memory 3072 --serverless-max-concurrency 5
+    scripts/deploy.py --async --async-output s3://BUCKET/async/ --async-max-concurrent 4
     scripts/deploy.py --batch-input s3://BUCKET/photos/ # batch transform, no endpoint
     scripts/deploy.py --local --detach                  # local endpoint, no AWS account
 
-A real-time endpoint is a model, an endpoint config and an endpoint, all with the
-endpoint's name (cleanup.py deletes them). --autoscale MIN:MAX adds a target-tracking
-policy on invocations per instance. A batch transform job sends each image under
---batch-input to the model as one request and writes NAME.out (JSON) per image to
---batch-output. In local mode the endpoint runs in this process until Ctrl-C, or
-in the background with --detach until `cleanup.py --local`.
+An endpoint is a model, an endpoint config and an endpoint, all with the
+endpoint's name (cleanup.py deletes them): real-time on instances (--autoscale
+MIN:MAX adds a target-tracking policy on invocations per instance), serverless
+(memory and maximum concurrency; CPU only), or asynchronous (requests and answers
+in S3). A batch transform job sends each image under --batch-input to the model as
+one request and writes NAME.out (JSON) per image to --batch-output. The local
+endpoint is the serving image in a Docker container (Docker SDK) on a free
+loopback port: in this process until Ctrl-C, or in the background with --detach
+until `cleanup.py --local`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import subprocess
@@ -43,6 +47,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-invocations", type=float, default=100.0,
                    help="with --autoscale: invocations per instance per minute to hold "
                         "(default: %(default)s)")
+    p.add_argument("--serverless", action="store_true",
+                   help="a serverless endpoint (no instances; CPU only)")
+    p.add_argument("--serverless-memory", type=int, default=3072, metavar="MB",
+                   help="with --serverless: 1024-6144 in steps of 1024 (default: %(default)s)")
+    p.add_argument("--serverless-max-concurrency", type=int, default=5, metavar="N",
+                   help="with --serverless: 1-200 (default: %(default)s)")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="an asynchronous endpoint: requests and answers go through S3")
+    p.add_argument("--async-output", metavar="S3URI",
+                   help="with --async: where the answers are written (required)")
+    p.add_argument("--async-max-concurrent", type=int, metavar="N",
+                   help="with --async: concurrent requests per instance")
+    p.add_argument("--startup-timeout", type=int, default=600, metavar="SECONDS",
+                   help="container start-up health-check timeout (60-3600; default: "
+                        "%(default)s)")
     p.add_argument("--batch-input", metavar="S3URI",
                    help="run a batch transform job over this S3 folder of images instead")
     p.add_argument("--batch-output", metavar="S3URI",
@@ -53,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="don't wait for the batch job; with --local, serve in the background")
     p.add_argument("--poll", type=int, default=30, help="seconds between status checks")
     p.add_argument("--local", action="store_true",
-                   help="SageMaker local mode with the local image, no AWS account")
+                   help="the local serving image in a local container, no AWS account")
     settings.add_arguments(p, ["region", "profile", "role", "bucket", "prefix", "registry",
                                "serve_repository", "tag", "local_serve_image",
                                "serve_instance_type", "workdir"])
@@ -105,45 +124,76 @@ def autoscale(session, endpoint: str, low: int, high: int, target: float) -> Non
           "per instance per minute")
 
 
+GPU_FAMILIES = ("ml.g", "ml.p", "ml.inf", "ml.trn")
+
+
+def check_options(args: argparse.Namespace, cfg) -> None:
+    """Combinations SageMaker would reject, refused before any call."""
+    if args.serverless and args.async_:
+        raise ConfigError("--serverless and --async are different endpoint kinds: pick one")
+    if args.batch_input and (args.serverless or args.async_):
+        raise ConfigError("--batch-input makes a transform job, not an endpoint: drop "
+                          "--serverless/--async")
+    if args.serverless:
+        if "serve_instance_type" in cfg.given and \
+                cfg.serve_instance_type.startswith(GPU_FAMILIES):
+            raise ConfigError(f"serverless endpoints run on CPU only: drop the GPU instance "
+                              f"type {cfg.serve_instance_type}")
+        if args.serverless_memory not in range(1024, 6145, 1024):
+            raise ConfigError(f"--serverless-memory {args.serverless_memory}: one of 1024, "
+                              "2048, 3072, 4096, 5120, 6144")
+        if not 1 <= args.serverless_max_concurrency <= 200:
+            raise ConfigError("--serverless-max-concurrency must be 1-200")
+        if args.autoscale or args.instance_count != 1:
+            raise ConfigError("serverless endpoints scale by themselves: drop --autoscale "
+                              "and --instance-count")
+    if args.async_ and not args.async_output:
+        raise ConfigError("--async needs --async-output s3://BUCKET/PREFIX/ (where the "
+                          "answers go)")
+    if args.async_output and not args.async_:
+        raise ConfigError("--async-output only applies to --async")
+    for uri, flag_ in ((args.async_output, "--async-output"), (args.batch_input, "--batch-input"),
+                       (args.batch_output, "--batch-output")):
+        if uri and not uri.startswith("s3://"):
+            raise ConfigError(f"{flag_} {uri}: expected an s3:// URI")
+    if not 60 <= args.startup_timeout <= 3600:
+        raise ConfigError("--startup-timeout must be 60-3600 seconds")
+
+
 # --- local mode ---------------------------------------------------------------------
 
 def serve_local(args: argparse.Namespace, cfg) -> int:
-    """Deploy to a local endpoint and keep it up until SIGINT/SIGTERM."""
-    import sagemaker_calls
+    """Start a local endpoint and keep it up until SIGINT/SIGTERM."""
+    import local_endpoint
 
-    logging.getLogger("sagemaker.local.utils").setLevel(logging.ERROR)
     workdir = Path(cfg.workdir).resolve()
     tarball = Path(model_data(args, cfg).removeprefix("file://")).resolve()
     if not tarball.is_file():
         raise ConfigError(f"model {tarball} does not exist")
-    sagemaker_calls.opt_out_of_telemetry(workdir / ".sagemaker")
-    root = workdir / ".local-containers"
-    sess = sagemaker_calls.session(root)
-    port = sess.config["local"]["serving_port"]
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"==> local endpoint with {cfg.local_serve_image} on port {port}", flush=True)
-    predictor = sagemaker_calls.deploy(cfg.local_serve_image, str(tarball), sess)
+    name = args.endpoint_name or time.strftime("dogbreed-local-%Y%m%d-%H%M%S", time.gmtime())
+    print(f"==> local endpoint {name} with {cfg.local_serve_image}", flush=True)
+    endpoint = local_endpoint.start(cfg.local_serve_image, tarball,
+                                    workdir / ".local-containers", name,
+                                    timeout=args.startup_timeout)
     try:
         settings.save_state(cfg, local_endpoint={
-            "name": predictor.endpoint_name, "port": port, "pid": os.getpid(),
-            "model": str(tarball)})
-        print(f"serving at http://127.0.0.1:{port}/invocations (endpoint "
-              f"{predictor.endpoint_name}); Ctrl-C or scripts/cleanup.py --local stops it",
-              flush=True)
+            "name": name, "port": endpoint.port, "pid": os.getpid(), "model": str(tarball)})
+        print(f"serving at {endpoint.url}/invocations (endpoint {name}); Ctrl-C or "
+              "scripts/cleanup.py --local stops it", flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
         print("==> deleting the local endpoint", flush=True)
-        predictor.delete_endpoint()
-        sagemaker_calls.remove_local_containers(root)
+        endpoint.stop()
         state = settings.load_state(cfg)
-        if state.get("local_endpoint", {}).get("pid") == os.getpid():
+        if (state.get("local_endpoint") or {}).get("pid") == os.getpid():
             settings.save_state(cfg, local_endpoint=None)
         print("local endpoint deleted", flush=True)
     return 0
@@ -181,49 +231,64 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     cfg = settings.resolve(args)
+    check_options(args, cfg)
     if args.local:
-        if args.batch_input:
-            raise ConfigError("--batch-input runs on SageMaker; drop --local")
+        if args.batch_input or args.serverless or args.async_:
+            raise ConfigError("--batch-input, --serverless and --async run on SageMaker; "
+                              "drop --local")
         return serve_local_detached(argv, cfg) if args.detach else serve_local(args, cfg)
 
     session = settings.boto_session(cfg)
     settings.require(cfg, "role")
+    scaling = parse_autoscale(args.autoscale) if args.autoscale else None
+    image = settings.image_uri(cfg, session, "serve", args.image_uri)
     import sagemaker_calls
 
     sagemaker_calls.opt_out_of_telemetry(Path(cfg.workdir) / ".sagemaker")
-    sm = sagemaker_calls.aws_session(session)
+    settings.require_image_in_registry(session, image)
     data = model_data(args, cfg, session.client("sagemaker"))
-    image = args.image_uri or settings.image_uri(cfg, session, "serve")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    tags = {"project": "dogbreed"}
 
     if args.batch_input:
         if not cfg.bucket and not args.batch_output:
-            cfg["bucket"] = sagemaker_calls.default_bucket(sm)
+            cfg["bucket"] = settings.default_bucket(session)
         job = f"dogbreed-batch-{stamp}"
         output = args.batch_output or cfg.s3("batch-output", job)
         print(f"==> batch transform {job}: {image} on {args.instance_count} x "
               f"{cfg.serve_instance_type}\n    {args.batch_input} -> {output}", flush=True)
-        sagemaker_calls.batch_transform(
-            sm, image, data, cfg.role, job, cfg.serve_instance_type, args.instance_count,
-            args.batch_input, output, content_type=args.content_type, wait=not args.detach)
+        sagemaker_calls.create_model(session, job, image, data, cfg.role, tags=tags)
         settings.save_state(cfg, batch_job=job, batch_model=job, batch_output=output)
+        sagemaker_calls.start_batch_transform(
+            session, job, job, instance_type=cfg.serve_instance_type,
+            instance_count=args.instance_count, input_s3=args.batch_input, output_s3=output,
+            content_type=args.content_type, wait=not args.detach, poll=args.poll)
         done = "started" if args.detach else "done"
         print(f"batch transform {job} {done}; results: {output}/<image>.out\n"
               f"its model {job} stays until: scripts/cleanup.py --model {job}")
         return 0
 
-    scaling = parse_autoscale(args.autoscale) if args.autoscale else None
     endpoint = args.endpoint_name or f"dogbreed-{stamp}"
-    print(f"==> endpoint {endpoint}: {image} on {args.instance_count} x "
-          f"{cfg.serve_instance_type}\n    model {data}", flush=True)
-    settings.save_state(cfg, endpoint=endpoint)
-    sagemaker_calls.deploy_endpoint(sm, image, data, cfg.role, endpoint,
-                                    cfg.serve_instance_type, args.instance_count,
-                                    poll=args.poll)
+    kind = "serverless" if args.serverless else "async" if args.async_ else "real-time"
+    where = (f"serverless, {args.serverless_memory} MB, at most "
+             f"{args.serverless_max_concurrency} at a time" if args.serverless else
+             f"{args.instance_count} x {cfg.serve_instance_type}")
+    print(f"==> {kind} endpoint {endpoint}: {image} ({where})\n    model {data}", flush=True)
+    settings.save_state(cfg, endpoint=endpoint, endpoint_kind=kind,
+                        async_output=args.async_output)
+    sagemaker_calls.create_model(session, endpoint, image, data, cfg.role, tags=tags)
+    sagemaker_calls.create_endpoint(
+        session, endpoint, endpoint,
+        instance_type=None if args.serverless else cfg.serve_instance_type,
+        instance_count=args.instance_count,
+        serverless=(args.serverless_memory, args.serverless_max_concurrency)
+        if args.serverless else None,
+        async_output=args.async_output, async_max_concurrent=args.async_max_concurrent,
+        startup_timeout=None if args.serverless else args.startup_timeout, tags=tags,
+        poll=args.poll)
     if scaling:
         autoscale(session, endpoint, *scaling, args.target_invocations)
-    print(f"endpoint {endpoint} is in service; it bills by the hour until "
-          "scripts/cleanup.py")
+    print(f"endpoint {endpoint} is in service; it bills until scripts/cleanup.py")
     return 0
 
 

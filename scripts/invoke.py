@@ -3,12 +3,15 @@
 
     scripts/invoke.py dog.jpg                       # the endpoint deploy.py made
     scripts/invoke.py photos/ --top-k 3 --via both  # a folder, boto3 and the SDK
-    scripts/invoke.py dog.jpg --local               # the local endpoint (SDK)
+    scripts/invoke.py dog.jpg --endpoint NAME --async   # an asynchronous endpoint
+    scripts/invoke.py dog.jpg --local               # the local endpoint (HTTP)
 
 Each image goes as one request with its own Content-Type (image/jpeg or image/png,
 from the file's bytes), and top_k as the X-Amzn-SageMaker-Custom-Attributes header.
---via boto3 uses the sagemaker-runtime client's invoke_endpoint, --via sdk the SageMaker
-SDK's Predictor; a local endpoint is reached through the SDK's local mode.
+--via boto3 uses the sagemaker-runtime client's invoke_endpoint, --via sdk SDK v3's
+Endpoint.invoke. An asynchronous endpoint (deploy.py --async) gets each image
+uploaded to S3, then invoke_endpoint_async, then the answer read from S3 once it
+is there. The local endpoint is reached over HTTP, as SageMaker reaches it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,10 +37,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--via", choices=["boto3", "sdk", "both"],
                    help="client to send with (default: boto3; sdk with --local)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the answers here")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="an asynchronous endpoint (default: when deploy.py made one)")
+    p.add_argument("--async-input", metavar="S3URI",
+                   help="with --async: where the images are uploaded (default: "
+                        "s3://BUCKET/PREFIX/async-input)")
+    p.add_argument("--wait", type=float, default=900, metavar="SECONDS",
+                   help="with --async: how long to wait for each answer (default: %(default)s)")
     p.add_argument("--local", action="store_true", help="the local endpoint of deploy.py --local")
     p.add_argument("--port", type=int, help="with --local: the endpoint's port "
                                             "(default: from the state file)")
-    settings.add_arguments(p, ["region", "profile", "workdir"])
+    settings.add_arguments(p, ["region", "profile", "bucket", "prefix", "workdir"])
     return p.parse_args(argv)
 
 
@@ -72,11 +83,50 @@ def via_boto3(runtime, endpoint: str):
     return send
 
 
-def via_sdk(predictor):
+def via_sdk(session, endpoint: str):
     import sagemaker_calls
 
     def send(body: bytes, ctype: str, top_k: int) -> dict:
-        return sagemaker_calls.predict_bytes(predictor, body, ctype, top_k)
+        return json.loads(sagemaker_calls.invoke_bytes(session, endpoint, body, ctype, top_k))
+    return send
+
+
+def via_async(session, endpoint: str, input_prefix: str, wait: float):
+    """Upload, invoke_endpoint_async, then poll S3 for the answer (or its failure)."""
+    import sagemaker_calls
+
+    s3 = session.client("s3")
+    count = [0]
+
+    def send(body: bytes, ctype: str, top_k: int) -> dict:
+        count[0] += 1
+        bucket, _, prefix = input_prefix.removeprefix("s3://").partition("/")
+        key = f"{prefix.strip('/')}/{time.strftime('%Y%m%d-%H%M%S')}-{count[0]}".lstrip("/")
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=ctype)
+        output = sagemaker_calls.invoke_async(session, endpoint, f"s3://{bucket}/{key}",
+                                              ctype, top_k)
+        out_bucket, _, out_key = output.removeprefix("s3://").partition("/")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return json.loads(s3.get_object(Bucket=out_bucket, Key=out_key)["Body"].read())
+            except s3.exceptions.NoSuchKey:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"no answer at {output} after {wait:.0f} s") from None
+                time.sleep(2)
+    return send
+
+
+def via_http(url: str):
+    import requests
+
+    def send(body: bytes, ctype: str, top_k: int) -> dict:
+        answer = requests.post(f"{url}/invocations", data=body, timeout=60, headers={
+            "Content-Type": ctype, "Accept": "application/json",
+            "X-Amzn-SageMaker-Custom-Attributes": f"top_k={top_k}"})
+        if answer.status_code != 200:
+            raise ConfigError(f"HTTP {answer.status_code}: {answer.text[:300]}")
+        return answer.json()
     return send
 
 
@@ -92,31 +142,39 @@ def main(argv=None) -> int:
     files = images(args.paths)
     state = settings.load_state(cfg)
     senders = {}
-    import sagemaker_calls
-
     if args.local:
-        if args.via not in (None, "sdk"):
-            raise ConfigError("--local sends through the SDK only: drop --via")
+        if args.via is not None or args.async_:
+            raise ConfigError("--local sends over HTTP only: drop --via / --async")
         local = state.get("local_endpoint") or {}
         port = args.port or local.get("port")
         if not port:
             raise ConfigError("no local endpoint: run scripts/deploy.py --local --detach "
                               "first, or pass --port")
         endpoint = args.endpoint or local.get("name", "local")
-        sess = sagemaker_calls.local_endpoint_session(int(port))
-        senders["sdk"] = via_sdk(sagemaker_calls.predictor(sess, endpoint))
+        senders["http"] = via_http(f"http://127.0.0.1:{int(port)}")
     else:
-        args.via = args.via or "boto3"
         endpoint = args.endpoint or state.get("endpoint")
         if not endpoint:
             raise ConfigError("no endpoint: pass --endpoint NAME or run scripts/deploy.py first")
+        is_async = args.async_ or (not args.endpoint and state.get("endpoint_kind") == "async")
+        if is_async and args.via:
+            raise ConfigError("--async sends through S3: drop --via")
         session = settings.boto_session(cfg)
-        if args.via in ("boto3", "both"):
+        if is_async:
+            if not args.async_input and not cfg.bucket:
+                cfg["bucket"] = settings.default_bucket(session)
+            prefix = args.async_input or cfg.s3("async-input")
+            if not prefix.startswith("s3://"):
+                raise ConfigError(f"--async-input {prefix}: expected an s3:// URI")
+            senders["async"] = via_async(session, endpoint, prefix, args.wait)
+        args.via = args.via or "boto3"
+        if not is_async and args.via in ("boto3", "both"):
             senders["boto3"] = via_boto3(session.client("sagemaker-runtime"), endpoint)
-        if args.via in ("sdk", "both"):
+        if not is_async and args.via in ("sdk", "both"):
+            import sagemaker_calls
+
             sagemaker_calls.opt_out_of_telemetry(Path(cfg.workdir) / ".sagemaker")
-            senders["sdk"] = via_sdk(sagemaker_calls.predictor(
-                sagemaker_calls.aws_session(session), endpoint))
+            senders["sdk"] = via_sdk(session, endpoint)
 
     results, failed = [], 0
     for path in files:

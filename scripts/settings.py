@@ -119,7 +119,10 @@ def _config_file(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class Settings(dict):
-    """The resolved settings; attribute access for readability."""
+    """The resolved settings; attribute access for readability. ``given`` names the
+    settings a flag, the environment or the config file set (not a default)."""
+
+    given: frozenset = frozenset()
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -141,6 +144,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     """flag > environment > config file > default, for every known setting."""
     from_file = _config_file(args)
     out = Settings()
+    given: set[str] = set()
     for name, f in FIELDS.items():
         value = getattr(args, name, None)
         if value is None:
@@ -148,6 +152,9 @@ def resolve(args: argparse.Namespace) -> Settings:
         if value is None:
             value = from_file.get(name)
         out[name] = f.default if value is None else value
+        if value is not None:
+            given.add(name)
+    out.given = frozenset(given)
     if out["role"] is not None and not ROLE_ARN.match(str(out["role"])):
         raise ConfigError(f"role {out['role']!r} is not an IAM role ARN "
                           "(arn:aws:iam::ACCOUNT:role/NAME)")
@@ -195,10 +202,61 @@ def registry(settings: Settings, session) -> str:
         f"{account_id(session)}.dkr.ecr.{session.region_name}.amazonaws.com")
 
 
-def image_uri(settings: Settings, session, which: str) -> str:
-    """The registry URI of the training ('train') or serving ('serve') image."""
+ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+
+
+def image_uri(settings: Settings, session, which: str, explicit: str | None = None) -> str:
+    """The registry URI of the training ('train') or serving ('serve') image:
+    --image-uri, else what push.py pushed (unless registry, repository or tag are
+    set), else REGISTRY/REPOSITORY:TAG from the settings."""
+    if explicit:
+        return check_image_uri(explicit)
+    pushed = load_state(settings).get(f"{which}_image_uri")
+    if pushed and not settings.given & {"registry", f"{which}_repository", "tag"}:
+        return pushed
     repo = settings[f"{which}_repository"]
     return f"{registry(settings, session)}/{repo}:{settings.tag}"
+
+
+def check_image_uri(uri: str) -> str:
+    """REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST); SageMaker rejects anything else."""
+    host, _, rest = uri.partition("/")
+    if not rest or ("." not in host and ":" not in host):
+        raise ConfigError(f"image URI {uri!r} has no registry host (REGISTRY/REPOSITORY:TAG)")
+    if "@sha256:" not in rest and ":" not in rest:
+        raise ConfigError(f"image URI {uri!r} has no tag: add :TAG (e.g. {uri}:latest)")
+    return uri
+
+
+def require_image_in_registry(session, uri: str) -> None:
+    """For an ECR URI, fail before any SageMaker call when the image is not there
+    (SageMaker would accept the job and fail it minutes later)."""
+    host, _, rest = uri.partition("/")
+    if not ECR_HOST.match(host):
+        return
+    repository, _, tag = rest.partition(":")
+    ecr = session.client("ecr")
+    try:
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except (ecr.exceptions.ImageNotFoundException,
+            ecr.exceptions.RepositoryNotFoundException):
+        raise ConfigError(f"image {uri} is not in the registry: run scripts/push.py "
+                          "(or pass --image-uri / --tag of an image that is)") from None
+
+
+def default_bucket(session) -> str:
+    """SageMaker's default bucket name, sagemaker-REGION-ACCOUNT, created if missing."""
+    import botocore.exceptions
+
+    name = f"sagemaker-{session.region_name}-{account_id(session)}"
+    s3 = session.client("s3")
+    try:
+        s3.head_bucket(Bucket=name)
+    except botocore.exceptions.ClientError:
+        where = ({} if session.region_name == "us-east-1" else
+                 {"CreateBucketConfiguration": {"LocationConstraint": session.region_name}})
+        s3.create_bucket(Bucket=name, **where)
+    return name
 
 
 def metric_definitions(path: Path = METRIC_DEFINITIONS) -> list[dict[str, str]]:
@@ -267,8 +325,10 @@ def describe_error(exc: BaseException) -> str | None:
     if isinstance(exc, bce.BotoCoreError):
         return str(exc)
     name = type(exc).__name__
-    if name in ("UnexpectedStatusException", "CapacityError"):
+    if name in ("UnexpectedStatusException", "CapacityError", "FailedStatusError"):
         return f"SageMaker job did not succeed: {exc}"
+    if name in ("LocalJobFailed", "EndpointError"):
+        return str(exc)
     return None
 
 

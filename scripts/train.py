@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""train: a SageMaker training job with Debugger rules and the profiler.
+"""train: a SageMaker training job with the image's metrics, checkpoints and TensorBoard.
 
     scripts/train.py                               # best.json from tune.py, if any
     scripts/train.py --hp model=resnet50 --hp epochs=8 --hp lr=0.0005
     scripts/train.py --spot --max-wait 14400       # managed spot, checkpoints in S3
     scripts/train.py --detach                      # start and return
-    scripts/train.py --report JOB                  # rules, metrics, artifacts of a job
+    scripts/train.py --report JOB                  # status, metrics, artifacts of a job
     scripts/train.py --local --data ~/dogImages --hp epochs=1   # no AWS account
+    scripts/train.py --local --instance-count 2 --data ~/dogImages  # two containers
 
 Hyperparameters come from --hyperparameters FILE (tune.py's best.json or a plain
 JSON object), else from the last tuning report, then --hp overrides. The job gets
-the Debugger hook configuration and the built-in rules vanishing_gradient, overfit,
-overtraining, poor_weight_initialization and loss_not_decreasing, plus the profiler
-(system metrics every 500 ms) and its ProfilerReport rule. At the end it prints the
-rules' statuses, the final metrics, and where the model and the profiler report are.
+the image's published metric regexes, a TensorBoard output config (the image
+writes /opt/ml/output/tensorboard), checkpoints in S3 with --spot (or
+--checkpoint-s3-uri), tags and --env variables. At the end it prints the status,
+the final metrics, and where the model, TensorBoard files and checkpoints are.
+
+SageMaker Debugger and the SageMaker profiler are off: Debugger is closed to new
+customers since 2026-07-30 and Profiler support ends 2027-06-30, so a new
+account's job must not ask for them. The image writes its own rule verdicts and
+TensorBoard files. --debugger / --profiler attach them for accounts that still
+have them.
 """
 
 from __future__ import annotations
@@ -48,8 +55,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-s3-uri",
                    help="where /opt/ml/checkpoints is synced (default with --spot: "
                         "s3://BUCKET/PREFIX/checkpoints/JOB)")
-    p.add_argument("--no-debugger", action="store_true", help="no hook config, no rules")
-    p.add_argument("--no-profiler", action="store_true", help="no profiler, no report")
+    p.add_argument("--debugger", action="store_true",
+                   help="attach the SageMaker Debugger hook and its built-in rules (off: "
+                        "Debugger is closed to new customers since 2026-07-30)")
+    p.add_argument("--profiler", action="store_true",
+                   help="attach the SageMaker profiler and its ProfilerReport rule (off: "
+                        "Profiler support ends 2027-06-30)")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE",
+                   help="an environment variable for the container; repeatable")
+    p.add_argument("--resource-tag", action="append", metavar="KEY=VALUE",
+                   help="an AWS tag on the job (besides project=dogbreed); repeatable")
     p.add_argument("--data", help="S3 prefix with train/ valid/ test/ (default: what "
                                   "data.py uploaded); with --local, a local folder")
     p.add_argument("--image-uri", help="training image URI (default: from the registry settings)")
@@ -58,8 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report", metavar="JOB", help="only print the summary of a job "
                                                    "(waits for it to end)")
     p.add_argument("--local", action="store_true",
-                   help="SageMaker local mode with the local image, no AWS account")
-    p.add_argument("--quiet", action="store_true", help="don't stream the training log")
+                   help="local containers through the SDK's ModelTrainer, no AWS account")
+    p.add_argument("--quiet", action="store_true",
+                   help="don't stream the training log (with --local: WORKDIR/local-jobs/JOB.log)")
     settings.add_arguments(p, ["region", "profile", "role", "bucket", "prefix", "registry",
                                "train_repository", "tag", "local_train_image",
                                "train_instance_type", "workdir"])
@@ -123,6 +139,8 @@ def summary(description: dict) -> str:
     if description.get("DebugHookConfig", {}).get("S3OutputPath"):
         lines.append(f"  debugger tensors: {description['DebugHookConfig']['S3OutputPath']}"
                      f"/{name}/debug-output")
+    if description.get("TensorBoardOutputConfig", {}).get("S3OutputPath"):
+        lines.append(f"  tensorboard:      {description['TensorBoardOutputConfig']['S3OutputPath']}")
     if description.get("CheckpointConfig", {}).get("S3Uri"):
         lines.append(f"  checkpoints:      {description['CheckpointConfig']['S3Uri']}")
     if description.get("EnableManagedSpotTraining"):
@@ -143,17 +161,22 @@ def train_local(args: argparse.Namespace, cfg) -> int:
     sagemaker_calls.opt_out_of_telemetry(workdir / ".sagemaker")
     hps = hyperparameters(args, cfg)
     image = cfg.local_train_image
-    print(f"==> local training job with {image}, hyperparameters {json.dumps(hps)}",
-          flush=True)
-    sess = sagemaker_calls.session(workdir / ".local-containers")
+    job = args.job_name or time.strftime("dogbreed-train-%Y%m%d-%H%M%S", time.gmtime())
+    jobdir = workdir / "local-jobs" / job
+    print(f"==> local training job {job} with {image} on {args.instance_count} "
+          f"container(s), hyperparameters {json.dumps(hps)}", flush=True)
     try:
-        tarball = sagemaker_calls.train(image, {s: root / s for s in layout.files}, hps,
-                                        workdir / "local-jobs", sess, logs=not args.quiet)
+        tarball = sagemaker_calls.train_locally(
+            image, {s: root / s for s in layout.files}, hps, jobdir, args.instance_count,
+            log=jobdir.parent / f"{job}.log" if args.quiet else None)
     finally:
-        sagemaker_calls.remove_local_containers(workdir / ".local-containers")
+        sagemaker_calls.remove_leftovers(jobdir)
+    if not tarball.is_file():
+        raise ConfigError(f"the local training job left no model ({tarball}); "
+                          f"see {jobdir}/output")
     with tarfile.open(tarball) as tar:
         meta = json.load(tar.extractfile("model.json"))
-    settings.save_state(cfg, local_model=tarball)
+    settings.save_state(cfg, local_model=str(tarball))
     print(f"\nlocal training job done\n  model:   {tarball}")
     for key, value in sorted(meta.get("metrics", {}).items()):
         if isinstance(value, (int, float)):
@@ -169,56 +192,62 @@ def main(argv=None) -> int:
         return train_local(args, cfg)
 
     session = settings.boto_session(cfg)
-    if not args.report:
-        settings.require(cfg, "role")
     import sagemaker_calls
 
     sagemaker_calls.opt_out_of_telemetry(Path(cfg.workdir) / ".sagemaker")
-    sm = sagemaker_calls.aws_session(session)
     if args.report:
-        description = sagemaker_calls.follow_training_job(sm, args.report, logs=False)
+        description = sagemaker_calls.follow_training_job(session, args.report, logs=False)
         print(summary(description))
         return 0 if description["TrainingJobStatus"] == "Completed" else 1
 
-    if not cfg.bucket:
-        cfg["bucket"] = sagemaker_calls.default_bucket(sm)
+    settings.require(cfg, "role")
     hps = hyperparameters(args, cfg)
-    image = args.image_uri or settings.image_uri(cfg, session, "train")
+    environment = settings.parse_pairs(args.env, "--env")
+    tags = {"project": "dogbreed", **settings.parse_pairs(args.resource_tag, "--resource-tag")}
+    max_wait = args.max_wait or (2 * args.max_run if args.spot else None)
+    if args.spot and max_wait < args.max_run:
+        raise ConfigError(f"--max-wait {max_wait} is below --max-run {args.max_run}: spot "
+                          "waiting time includes the run time")
+    if not args.spot and args.max_wait:
+        raise ConfigError("--max-wait only applies to --spot")
+    image = settings.image_uri(cfg, session, "train", args.image_uri)
+    settings.require_image_in_registry(session, image)
+    if not cfg.bucket:
+        cfg["bucket"] = settings.default_bucket(session)
     channels = settings.channels(cfg, args.data)
     job = args.job_name or time.strftime("dogbreed-train-%Y%m%d-%H%M%S", time.gmtime())
     checkpoint = args.checkpoint_s3_uri or (cfg.s3("checkpoints", job) if args.spot else None)
-    est = sagemaker_calls.estimator(
-        sm, image, cfg.role, cfg.train_instance_type, args.instance_count, hps,
-        cfg.s3("training-output"), settings.metric_definitions(),
-        debugger=not args.no_debugger, profiler=not args.no_profiler, spot=args.spot,
-        max_run=args.max_run, max_wait=args.max_wait or (2 * args.max_run if args.spot
-                                                         else None),
-        checkpoint_s3_uri=checkpoint)
     print(f"==> training job {job}: {image} on {args.instance_count} x "
           f"{cfg.train_instance_type}{' (spot)' if args.spot else ''}")
     print(f"    hyperparameters {json.dumps(hps)}")
     print(f"    channels {json.dumps(channels)}", flush=True)
     settings.save_state(cfg, training_job=job)
+    sagemaker_calls.start_training_job(
+        session, name=job, image_uri=image, role=cfg.role,
+        instance_type=cfg.train_instance_type, instance_count=args.instance_count,
+        hyperparameters=hps, channels=channels, output_path=cfg.s3("training-output"),
+        metric_definitions=settings.metric_definitions(), max_run=args.max_run,
+        spot=args.spot, max_wait=max_wait, checkpoint_s3_uri=checkpoint,
+        tensorboard_s3_uri=cfg.s3("tensorboard", job), environment=environment,
+        tags=tags, debugger=args.debugger, profiler=args.profiler)
+    if args.detach:
+        print(f"detached; later: scripts/train.py --report {job}")
+        return 0
     try:
-        sagemaker_calls.fit(est, channels, wait=not args.detach, logs=not args.quiet,
-                            job_name=job)
+        description = sagemaker_calls.follow_training_job(session, job, logs=not args.quiet)
     except Exception:
         # Say what SageMaker knows about the job, then the error: the original error
         # matters more than a failed describe.
         with contextlib.suppress(Exception):
-            print(summary(sagemaker_calls.describe_training_job(sm, job)))
+            print(summary(sagemaker_calls.describe_training_job(session, job)))
         raise
-    if args.detach:
-        print(f"detached; later: scripts/train.py --report {job}")
-        return 0
-    description = sagemaker_calls.describe_training_job(sm, job)
     print("\n" + summary(description))
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     if model:
         settings.save_state(cfg, model_data=model)
         job_report.show(job_report.output_archive(model), Path(cfg.workdir) / "jobs" / job,
                         session.client("s3"))
-    return 0
+    return 0 if description["TrainingJobStatus"] == "Completed" else 1
 
 
 if __name__ == "__main__":

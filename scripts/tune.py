@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-uri", help="training image URI (default: from the registry settings)")
     p.add_argument("--metric-definitions", type=Path, default=settings.METRIC_DEFINITIONS,
                    help="the training image's metric regexes (default: %(default)s)")
+    p.add_argument("--job-name", help="default: dogbreed-hpo-YYMMDD-HHMMSS (32 characters at most)")
     p.add_argument("--detach", action="store_true",
                    help="start the job and return; run --report JOB later")
     p.add_argument("--report", metavar="JOB",
@@ -168,24 +170,26 @@ def main(argv=None) -> int:
     import sagemaker_calls
 
     sagemaker_calls.opt_out_of_telemetry(workdir / ".sagemaker")
-    sm = sagemaker_calls.aws_session(session)
+    image = settings.image_uri(cfg, session, "train", args.image_uri)
+    settings.require_image_in_registry(session, image)
     if not cfg.bucket:
-        cfg["bucket"] = sagemaker_calls.default_bucket(sm)
-    image = args.image_uri or settings.image_uri(cfg, session, "train")
+        cfg["bucket"] = settings.default_bucket(session)
     channels = settings.channels(cfg, args.data)
-    est = sagemaker_calls.estimator(
-        sm, image, cfg.role, cfg.train_instance_type, args.instance_count, static,
-        cfg.s3("tuning-output"), definitions, debugger=False, profiler=False,
-        max_run=args.max_run)
-    tuner = sagemaker_calls.tuner(est, args.objective, objective_type, ranges, definitions,
-                                  args.strategy, args.max_jobs, args.max_parallel_jobs,
-                                  args.early_stopping)
+    job = args.job_name or time.strftime("dogbreed-hpo-%y%m%d-%H%M%S", time.gmtime())
     print(f"==> tuning {image} on {cfg.train_instance_type}: {args.strategy}, "
           f"{args.max_jobs} jobs ({args.max_parallel_jobs} at a time), "
           f"objective {args.objective} ({objective_type})")
     for name, (kind, values) in ranges.items():
         print(f"    {name:<13} {kind:<11} {values}")
-    job = sagemaker_calls.tune(tuner, channels, wait=not args.detach)
+    job = sagemaker_calls.start_tuning_job(
+        session, name=job, image_uri=image, role=cfg.role,
+        instance_type=cfg.train_instance_type, instance_count=args.instance_count,
+        static=static, channels=channels, output_path=cfg.s3("tuning-output"),
+        metric_definitions=definitions, max_run=args.max_run, objective=args.objective,
+        objective_type=objective_type, ranges=ranges, strategy=args.strategy,
+        max_jobs=args.max_jobs, max_parallel_jobs=args.max_parallel_jobs,
+        early_stopping=args.early_stopping, tags={"project": "dogbreed"},
+        wait=not args.detach)
     settings.save_state(cfg, tuning_job=job)
     print(f"==> tuning job {job}")
     if args.detach:

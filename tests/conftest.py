@@ -7,15 +7,18 @@ import os
 import shutil
 import subprocess
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # in the SDK v2 venv (tests/sdk2)
 
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+# tests/sdk2 needs SDK v2: its own venv runs it (tests/test_sdk2_compat.py)
+collect_ignore = [] if version("sagemaker").startswith("2.") else ["sdk2"]
 TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "dogbreed-train:latest")
 SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "dogbreed-serve:latest")
 DOCKER = shutil.which("docker", path="/usr/bin") or "docker"
@@ -111,9 +114,9 @@ def moto_server():
 
 @pytest.fixture(scope="session", autouse=True)
 def remove_local_mode_leftovers(tmp_path_factory):
-    """SDK local mode leaves containers and a network behind (and a failed local test
-    can leave one running, which keeps the SDK's log thread and so pytest alive).
-    Every local session of this run lives under its base temp folder: only those go."""
+    """Local mode leaves containers and a network behind, and a failed local test can
+    leave an endpoint running. Every local run of this session lives under its base
+    temp folder: only those go."""
     yield
     from sdk import remove_leftovers
 

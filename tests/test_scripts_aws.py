@@ -27,6 +27,7 @@ from aws_stand_in import (
     ROLE,
     SCRIPTS,
     explain,
+    put_images,
     run_script,
     script_env,
 )
@@ -48,6 +49,9 @@ def aws(moto_server, tmp_path):
     boto3.client("s3", endpoint_url=moto_server.url, region_name=REGION,
                  aws_access_key_id="testing", aws_secret_access_key="testing"
                  ).create_bucket(Bucket=BUCKET)
+    put_images(boto3.client("ecr", endpoint_url=moto_server.url, region_name=REGION,
+                            aws_access_key_id="testing", aws_secret_access_key="testing"),
+               ["dogbreed-train", "dogbreed-serve"], ["latest", "v2", "v7"])
     moto_server.requests.clear()
     work = tmp_path / "work"
     env = script_env(moto_server.url, work)
@@ -233,7 +237,8 @@ def ranges_by_name(config: dict) -> dict[str, dict]:
 
 
 def test_tune_sends_default_ranges_objective_and_published_regexes(aws):
-    proc = aws.run("tune", "--detach", "--max-jobs", "6", "--max-parallel-jobs", "3")
+    proc = aws.run("tune", "--detach", "--max-jobs", "6", "--max-parallel-jobs", "3",
+                   "--early-stopping", "Auto")
     [request] = aws.server.calls("CreateHyperParameterTuningJob")
     config = request["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == "Bayesian"
@@ -241,6 +246,8 @@ def test_tune_sends_default_ranges_objective_and_published_regexes(aws):
                                                           "MetricName": "valid:accuracy"}
     assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6,
                                         "MaxParallelTrainingJobs": 3}
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"
+    assert {t["Key"]: t["Value"] for t in request["Tags"]} == {"project": "dogbreed"}
     assert ranges_by_name(config) == {
         "lr": {"kind": "ContinuousParameterRanges", "MinValue": "0.0001", "MaxValue": "0.1",
                "ScalingType": "Logarithmic"},
@@ -259,7 +266,7 @@ def test_tune_sends_default_ranges_objective_and_published_regexes(aws):
         f"{ECR}/dogbreed-train:latest"
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFS
     assert definition["RoleArn"] == ROLE
-    assert definition["HyperParameterTuningResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    assert definition["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
     assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
             for c in definition["InputDataConfig"]} == {
         c: f"s3://{BUCKET}/dogbreed/data/{c}" for c in ("train", "valid", "test")}
@@ -297,7 +304,7 @@ def test_tune_overrides_ranges_static_values_and_settings(aws):
               if not k.startswith("_")}
     assert {k: v.strip('"') for k, v in static.items()} == {"pretrained": "false",
                                                             "image-size": "128"}
-    assert definition["HyperParameterTuningResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
+    assert definition["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
     assert definition["AlgorithmSpecification"]["TrainingImage"] == f"{ECR}/dogbreed-train:v7"
     assert definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == \
         "s3://elsewhere/pics/train"
@@ -405,34 +412,28 @@ def test_default_ranges_cover_what_the_source_projects_tuned():
 
 RULES = {"VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization",
          "LossNotDecreasing"}
+DEBUGGER_FIELDS = {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                   "ProfilerRuleConfigurations"}
 
 
-def test_train_sends_debugger_rules_profiler_and_metrics(aws):
+def test_train_sends_metrics_tensorboard_tags_and_no_debugger(aws):
     proc = aws.run("train", "--hp", "model=resnet50", "--hp", "epochs=4", "--quiet",
-                   "--job-name", "dogbreed-train-test-1")
+                   "--job-name", "dogbreed-train-test-1", "--env", "LOG_LEVEL=debug",
+                   "--resource-tag", "team=vision")
     [sent] = aws.server.calls("CreateTrainingJob")
     assert sent["TrainingJobName"] == "dogbreed-train-test-1"
     assert sent["AlgorithmSpecification"]["TrainingImage"] == f"{ECR}/dogbreed-train:latest"
     assert sent["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFS
-    assert {k: v.strip('"') for k, v in sent["HyperParameters"].items()} == {
-        "model": "resnet50", "epochs": "4"}
+    assert sent["HyperParameters"] == {"model": "resnet50", "epochs": "4"}
     assert sent["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
     assert sent["RoleArn"] == ROLE
-    hook = sent["DebugHookConfig"]
-    assert hook["S3OutputPath"] == f"s3://{BUCKET}/dogbreed/training-output/debug"
-    assert {c["CollectionName"] for c in hook["CollectionConfigurations"]} >= {
-        "losses", "gradients", "weights"}
-    rules = {r["RuleConfigurationName"]: r for r in sent["DebugRuleConfigurations"]}
-    assert set(rules) == RULES
-    for rule in rules.values():
-        assert rule["RuleEvaluatorImage"].endswith(".amazonaws.com/sagemaker-debugger-rules:latest")
-        assert rule["RuleParameters"]["rule_to_invoke"] in RULES
-    assert sent["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
-    assert sent["ProfilerConfig"]["S3OutputPath"] == \
-        f"s3://{BUCKET}/dogbreed/training-output/profiler"
-    [report] = sent["ProfilerRuleConfigurations"]
-    assert report["RuleConfigurationName"] == "ProfilerReport"
-    assert report["RuleParameters"]["rule_to_invoke"] == "ProfilerReport"
+    assert sent["TensorBoardOutputConfig"] == {
+        "S3OutputPath": f"s3://{BUCKET}/dogbreed/tensorboard/dogbreed-train-test-1",
+        "LocalPath": "/opt/ml/output/tensorboard"}
+    assert sent["Environment"] == {"LOG_LEVEL": "debug"}
+    assert {t["Key"]: t["Value"] for t in sent["Tags"]} == {"project": "dogbreed",
+                                                            "team": "vision"}
+    assert not DEBUGGER_FIELDS & set(sent), "Debugger/profiler settings sent unasked"
     assert "EnableManagedSpotTraining" not in sent and "CheckpointConfig" not in sent
     # the end-of-job summary, from what the service reports
     assert "training job dogbreed-train-test-1: Completed" in proc.stdout
@@ -441,24 +442,73 @@ def test_train_sends_debugger_rules_profiler_and_metrics(aws):
     assert aws.state()["model_data"] == model
 
 
+def test_train_debugger_and_profiler_only_when_asked(aws):
+    aws.run("train", "--detach", "--debugger", "--job-name", "dogbreed-train-dbg")
+    [sent] = aws.server.calls("CreateTrainingJob")
+    hook = sent["DebugHookConfig"]
+    assert hook["S3OutputPath"] == f"s3://{BUCKET}/dogbreed/training-output/debug"
+    assert {c["CollectionName"] for c in hook["CollectionConfigurations"]} == {
+        "losses", "gradients", "weights"}
+    rules = {r["RuleConfigurationName"]: r for r in sent["DebugRuleConfigurations"]}
+    assert set(rules) == RULES
+    for name, rule in rules.items():
+        assert rule["RuleEvaluatorImage"].endswith(
+            ".dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest")
+        assert rule["RuleParameters"] == {"rule_to_invoke": name}
+    assert "ProfilerConfig" not in sent and "ProfilerRuleConfigurations" not in sent
+
+    aws.server.requests.clear()
+    aws.run("train", "--detach", "--profiler", "--job-name", "dogbreed-train-prof")
+    [sent] = aws.server.calls("CreateTrainingJob")
+    assert sent["ProfilerConfig"] == {
+        "S3OutputPath": f"s3://{BUCKET}/dogbreed/training-output/profiler",
+        "ProfilingIntervalInMilliseconds": 500}
+    [report] = sent["ProfilerRuleConfigurations"]
+    assert report["RuleConfigurationName"] == "ProfilerReport"
+    assert report["RuleParameters"] == {"rule_to_invoke": "ProfilerReport"}
+    assert "DebugHookConfig" not in sent and "DebugRuleConfigurations" not in sent
+
+
+def test_train_help_says_why_debugger_and_profiler_are_off(tmp_path):
+    proc = run_script("train", "--help", env=script_env(None, tmp_path), cwd=tmp_path)
+    text = " ".join(proc.stdout.split())
+    assert "closed to new customers since 2026-07-30" in text
+    assert "Profiler support ends 2027-06-30" in text
+    assert "--debugger" in text and "--profiler" in text
+
+
 def test_train_spot_with_checkpoints(aws):
-    aws.run("train", "--spot", "--max-run", "3600", "--detach", "--no-profiler",
+    aws.run("train", "--spot", "--max-run", "3600", "--detach",
             "--train-instance-type", "ml.p3.2xlarge", "--job-name", "dogbreed-train-spot")
     [sent] = aws.server.calls("CreateTrainingJob")
     assert sent["EnableManagedSpotTraining"] is True
     assert sent["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600,
                                          "MaxWaitTimeInSeconds": 7200}
-    assert sent["CheckpointConfig"]["S3Uri"] == \
-        f"s3://{BUCKET}/dogbreed/checkpoints/dogbreed-train-spot"
+    assert sent["CheckpointConfig"] == {
+        "S3Uri": f"s3://{BUCKET}/dogbreed/checkpoints/dogbreed-train-spot",
+        "LocalPath": "/opt/ml/checkpoints"}
     assert sent["ResourceConfig"]["InstanceType"] == "ml.p3.2xlarge"
-    assert "ProfilerRuleConfigurations" not in sent
-    assert sent["ProfilerConfig"].get("DisableProfiler") is True
+    assert not DEBUGGER_FIELDS & set(sent)
     aws.server.requests.clear()
-    aws.run("train", "--spot", "--checkpoint-s3-uri", "s3://ck/points", "--max-wait", "9000",
+    aws.run("train", "--spot", "--checkpoint-s3-uri", "s3://ck/points", "--max-wait", "90000",
             "--detach")
     [sent] = aws.server.calls("CreateTrainingJob")
     assert sent["CheckpointConfig"]["S3Uri"] == "s3://ck/points"
-    assert sent["StoppingCondition"]["MaxWaitTimeInSeconds"] == 9000
+    assert sent["StoppingCondition"]["MaxWaitTimeInSeconds"] == 90000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--spot", "--max-run", "3600", "--max-wait", "600"], "is below --max-run 3600"),
+    (["--max-wait", "600"], "--max-wait only applies to --spot"),
+    (["--image-uri", f"{ECR}/dogbreed-train"], "has no tag: add :TAG"),
+    (["--image-uri", "dogbreed-train:latest"], "has no registry host"),
+    (["--tag", "never-pushed"], f"image {ECR}/dogbreed-train:never-pushed is not in the "
+                                "registry: run scripts/push.py"),
+])
+def test_train_rejects_bad_input_before_creating_a_job(aws, args, message):
+    line = one_error_line(aws.run("train", "--detach", *args, ok=False))
+    assert message in line, line
+    assert not aws.server.calls("CreateTrainingJob")
 
 
 def test_train_summary_names_rules_metrics_and_reports():
@@ -502,6 +552,8 @@ def test_deploy_endpoint_with_autoscaling_then_cleanup_in_order(aws):
     [variant] = config["ProductionVariants"]
     assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == \
         ("dogbreed-ep", "ml.c5.xlarge", 2)
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 600
+    assert "ServerlessConfig" not in variant and "AsyncInferenceConfig" not in config
     [endpoint] = aws.server.calls("CreateEndpoint")
     assert (endpoint["EndpointName"], endpoint["EndpointConfigName"]) == ("dogbreed-ep",
                                                                           "dogbreed-ep")
@@ -521,8 +573,7 @@ def test_deploy_endpoint_with_autoscaling_then_cleanup_in_order(aws):
 
     aws.server.requests.clear()
     proc = aws.run("cleanup", "--poll", "1")
-    ops = [op for op in aws.server.operations() if op.startswith(("Delete", "Deregister"))]
-    assert ops == ["DeleteScalingPolicy", "DeregisterScalableTarget", "DeleteEndpoint",
+    assert deletions(aws) == ["DeleteScalingPolicy", "DeregisterScalableTarget", "DeleteEndpoint",
                    "DeleteEndpointConfig", "DeleteModel"]
     assert [c["ModelName"] for c in aws.server.calls("DeleteModel")] == ["dogbreed-ep"]
     sm = aws.client("sagemaker")
@@ -535,15 +586,61 @@ def test_deploy_endpoint_with_autoscaling_then_cleanup_in_order(aws):
     assert proc.stdout.count("already gone") == 3
 
 
-def test_deploy_rejects_bad_autoscaling_before_creating_anything(aws):
-    line = one_error_line(aws.run("deploy", "--model-data", MODEL, "--autoscale", "3:1",
-                                  ok=False))
-    assert "need 1 <= MIN <= MAX" in line
+def deletions(aws) -> list[str]:
+    return [op for op in aws.server.operations() if op.startswith(("Delete", "Deregister"))]
+
+
+def test_deploy_serverless_then_cleanup(aws):
+    aws.run("deploy", "--model-data", MODEL, "--endpoint-name", "dogbreed-sls", "--serverless",
+            "--serverless-memory", "4096", "--serverless-max-concurrency", "8", "--poll", "1")
+    [config] = aws.server.calls("CreateEndpointConfig")
+    [variant] = config["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 8}
+    assert not {"InstanceType", "InitialInstanceCount",
+                "ContainerStartupHealthCheckTimeoutInSeconds"} & set(variant)
+    assert not aws.server.calls("RegisterScalableTarget")
+    assert aws.state()["endpoint_kind"] == "serverless"
+    aws.server.requests.clear()
+    aws.run("cleanup", "--poll", "1")
+    assert deletions(aws) == ["DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]
+
+
+def test_deploy_async_with_output_path_then_cleanup(aws):
+    aws.run("deploy", "--model-data", MODEL, "--endpoint-name", "dogbreed-async", "--async",
+            "--async-output", f"s3://{BUCKET}/async-out", "--async-max-concurrent", "4",
+            "--startup-timeout", "900", "--poll", "1")
+    [config] = aws.server.calls("CreateEndpointConfig")
+    assert config["AsyncInferenceConfig"] == {
+        "OutputConfig": {"S3OutputPath": f"s3://{BUCKET}/async-out",
+                         "S3FailurePath": f"s3://{BUCKET}/async-out/failures"},
+        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4}}
+    [variant] = config["ProductionVariants"]
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
+    assert aws.state()["endpoint_kind"] == "async"
+    aws.server.requests.clear()
+    aws.run("cleanup", "--poll", "1")
+    assert deletions(aws) == ["DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--autoscale", "3:1"], "need 1 <= MIN <= MAX"),
+    (["--serverless", "--serve-instance-type", "ml.g5.xlarge"],
+     "serverless endpoints run on CPU only: drop the GPU instance type ml.g5.xlarge"),
+    (["--serverless", "--serverless-memory", "1000"], "--serverless-memory 1000: one of"),
+    (["--async"], "--async needs --async-output s3://"),
+    (["--async", "--async-output", "/tmp/x"], "expected an s3:// URI"),
+    (["--image-uri", f"{ECR}/dogbreed-serve"], "has no tag"),
+    (["--tag", "never-pushed"], "is not in the registry: run scripts/push.py"),
+])
+def test_deploy_rejects_bad_input_before_creating_anything(aws, args, message):
+    line = one_error_line(aws.run("deploy", "--model-data", MODEL, *args, ok=False))
+    assert message in line, line
     assert not aws.server.calls("CreateModel")
+    assert not aws.server.calls("CreateEndpointConfig")
 
 
 def test_deploy_uses_the_model_of_a_training_job(aws):
-    aws.run("train", "--detach", "--job-name", "dogbreed-train-for-deploy", "--no-debugger")
+    aws.run("train", "--detach", "--job-name", "dogbreed-train-for-deploy")
     aws.run("deploy", "--training-job", "dogbreed-train-for-deploy", "--endpoint-name", "ep2",
             "--poll", "1")
     [model] = aws.server.calls("CreateModel")
@@ -575,3 +672,28 @@ def test_batch_transform_over_an_s3_folder(aws):
     aws.run("cleanup", "--model", name)
     assert aws.server.operations()[-1] == "DeleteModel"
     assert aws.client("sagemaker").list_models()["Models"] == []
+
+
+def test_invoke_async_uploads_invokes_and_reads_the_answer(aws, tmp_path):
+    """moto answers invoke_endpoint_async with a result configured here, written to S3."""
+    import requests
+
+    aws.run("deploy", "--model-data", MODEL, "--endpoint-name", "dogbreed-async", "--async",
+            "--async-output", f"s3://{BUCKET}/async-out", "--poll", "1")
+    answer = {"predictions": [{"label": "Red_stripes", "index": 0, "probability": 0.75}]}
+    requests.post(f"{aws.server.url}/moto-api/static/sagemaker/async-endpoint-results",
+                  json={"results": [{"data": json.dumps(answer)}]}, timeout=10).raise_for_status()
+    photo = sorted((make_dataset(tmp_path / "p", {"test": 1}) / "test").rglob("*.jpg"))[0]
+    aws.server.requests.clear()
+    proc = aws.run("invoke", str(photo), "--top-k", "1", "--json", str(tmp_path / "a.json"))
+    [put] = [r for r in aws.server.requests if r.method == "PUT"
+             and r.path.startswith(f"/{BUCKET}/dogbreed/async-input/")]
+    [invoke] = [r for r in aws.server.requests if r.path.endswith("/async-invocations")]
+    assert invoke.path == "/endpoints/dogbreed-async/async-invocations"
+    key = put.path.removeprefix(f"/{BUCKET}/")
+    stored = aws.client("s3").get_object(Bucket=BUCKET, Key=key)
+    assert stored["Body"].read() == photo.read_bytes()
+    assert stored["ContentType"] == "image/jpeg"
+    [result] = json.loads((tmp_path / "a.json").read_text())["results"]
+    assert (result["client"], result["predictions"]) == ("async", answer["predictions"])
+    assert "1. Red_stripes" in proc.stdout

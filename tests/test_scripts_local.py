@@ -64,7 +64,7 @@ class RuntimeFrontDoor:
         self.server.shutdown()
 
 
-def test_invoke_sends_raw_bytes_through_boto3_and_the_sdk(serve_image, trained_model,
+def test_invoke_sends_raw_bytes_through_boto3_and_sdk_v3(serve_image, trained_model,
                                                            tmp_path):
     server = Server(serve_image, trained_model.root / "model")
     door = None
@@ -108,11 +108,13 @@ def test_invoke_sends_raw_bytes_through_boto3_and_the_sdk(serve_image, trained_m
 
 
 def local_containers(workdir: Path) -> list[str]:
-    root = str((workdir / ".local-containers").resolve())
-    out = docker("ps", "-a", "--filter", "label=com.docker.compose.project.working_dir",
-                 "--format", '{{.ID}} {{.Label "com.docker.compose.project.working_dir"}}'
-                 ).stdout.splitlines()
-    return [line.split()[0] for line in out if line.split(" ", 1)[1].startswith(root)]
+    """Local endpoints (by their label) and local training containers (by docker
+    compose's label) that the scripts started under workdir."""
+    root = str(workdir.resolve())
+    out = docker("ps", "-a", "--format", '{{.ID}} {{.Label "dogbreed.local-root"}} '
+                 '{{.Label "com.docker.compose.project.working_dir"}}').stdout.splitlines()
+    return [line.split()[0] for line in out if any(
+        label.startswith(root) for label in line.split()[1:])]
 
 
 def test_local_mode_train_deploy_invoke_cleanup(train_image, serve_image, tmp_path):
@@ -142,7 +144,7 @@ def test_local_mode_train_deploy_invoke_cleanup(train_image, serve_image, tmp_pa
         proc = step("invoke", str(data / "test"), "--top-k", "3",
                     "--json", str(tmp_path / "answers.json"), timeout=120)
         answers = json.loads((tmp_path / "answers.json").read_text())["results"]
-        assert len(answers) == 6 and {a["client"] for a in answers} == {"sdk"}
+        assert len(answers) == 6 and {a["client"] for a in answers} == {"http"}
         assert {a["content_type"] for a in answers} == {"image/jpeg", "image/png"}
         for a in answers:
             assert len(a["predictions"]) == 3

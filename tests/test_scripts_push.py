@@ -17,10 +17,13 @@ import tarfile
 import time
 import uuid
 
+import boto3
 import pytest
 import requests
 from aws_stand_in import (
     ACCOUNT,
+    BUCKET,
+    REGION,
     ROOT,
     explain,
     run_script,
@@ -131,6 +134,13 @@ def test_push_creates_repository_logs_in_and_pushes(registry, moto_server, tiny_
     assert f"repository {repo} exists" in proc.stdout
     assert not moto_server.calls("CreateRepository")
 
+    # deploy serves the image push.py pushed (recorded in the state file)
+    proc = run_script("deploy", "--model-data", "s3://b/model.tar.gz", "--endpoint-name",
+                      "dogbreed-pushed", "--poll", "1", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    [model] = moto_server.calls("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == uri
+
 
 def test_push_without_the_local_image_says_so(moto_server, tmp_path):
     env = script_env(moto_server.url, tmp_path / "work", DOCKER=DOCKER)
@@ -154,3 +164,14 @@ def test_push_to_another_registry_without_ecr(registry, moto_server, tiny_image,
     assert moto_server.requests == []  # no ECR, no STS
     assert json.loads((tmp_path / "work" / "state.json").read_text())["train_image_uri"] == \
         f"{registry}/team/trainer:no-ecr"
+
+    # The next steps take the pushed URI from the state file, not from the defaults.
+    boto3.client("s3", endpoint_url=moto_server.url, region_name=REGION,
+                 aws_access_key_id="testing", aws_secret_access_key="testing"
+                 ).create_bucket(Bucket=BUCKET)
+    proc = run_script("train", "--detach", "--job-name", "dogbreed-train-pushed", env=env,
+                      cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    [job] = moto_server.calls("CreateTrainingJob")
+    assert job["AlgorithmSpecification"]["TrainingImage"] == f"{registry}/team/trainer:no-ecr"
+

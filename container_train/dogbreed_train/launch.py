@@ -22,8 +22,11 @@ import json
 import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 from . import errors, paths, stopping
 
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MASTER_PORT = 29500
 STOPPED = 128 + signal.SIGTERM  # 143, as the program exits on SIGTERM
+NET_DIR = Path("/sys/class/net")     # one entry per network interface
+ROUTES = Path("/proc/net/route")     # the kernel's IPv4 routing table
 
 
 class TrainingFailed(Exception):
@@ -86,13 +91,61 @@ def command() -> list[str]:
             f"--master-port={MASTER_PORT}", f"--nproc-per-node={nproc}", "-m", "dogbreed_train"]
 
 
+def interfaces() -> set[str]:
+    try:
+        return {p.name for p in NET_DIR.iterdir()}
+    except OSError:
+        return set()
+
+
+def route_interface(address: str) -> str | None:
+    """The interface the kernel sends packets to address through (longest prefix)."""
+    try:
+        rows = ROUTES.read_text().splitlines()[1:]
+        target = struct.unpack("<I", socket.inet_aton(address))[0]
+    except (OSError, ValueError):
+        return None
+    best: tuple[int, str] | None = None
+    for row in rows:
+        fields = row.split()
+        if len(fields) < 8:
+            continue
+        name, dest, mask = fields[0], int(fields[1], 16), int(fields[7], 16)
+        if target & mask == dest and (best is None or mask.bit_count() > best[0]):
+            best = (mask.bit_count(), name)
+    return best[1] if best else None
+
+
+def socket_interface(named: str | None, master: str) -> tuple[str | None, str]:
+    """The interface gloo/NCCL should use, and why: the one SageMaker names when this
+    container has it (SDK v3's local mode names "ethwe", which a plain Docker network
+    lacks), else the one that routes to the master host, else none (gloo picks)."""
+    present = interfaces()
+    if named and named in present:
+        return named, f"{named}, named in resourceconfig.json"
+    try:
+        address = socket.gethostbyname(master)
+    except OSError:
+        address = None
+    routed = route_interface(address) if address else None
+    missing = f"{named} (named) does not exist here; " if named else ""
+    if routed:
+        return routed, f"{missing}{routed}, which routes to {master} ({address})"
+    return None, f"{missing}no route to {master} found: gloo/NCCL choose"
+
+
 def environment() -> dict[str, str]:
     env = dict(os.environ)
-    interface = (env.get("SM_NETWORK_INTERFACE_NAME")
+    all_hosts = hosts()
+    if len(all_hosts) > 1 and not env.get("GLOO_SOCKET_IFNAME"):
+        # the interface the hosts reach each other on
+        named = (env.get("SM_NETWORK_INTERFACE_NAME")
                  or resource_config().get("network_interface_name"))
-    if interface and len(hosts()) > 1:  # the interface SageMaker connects the hosts on
-        env.setdefault("GLOO_SOCKET_IFNAME", interface)
-        env.setdefault("NCCL_SOCKET_IFNAME", interface)
+        interface, why = socket_interface(named, all_hosts[0])
+        print(f"network interface: {why}", flush=True)
+        if interface:
+            env["GLOO_SOCKET_IFNAME"] = interface
+            env.setdefault("NCCL_SOCKET_IFNAME", interface)
     return env
 
 

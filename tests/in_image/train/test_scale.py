@@ -126,13 +126,56 @@ def test_launch_command(monkeypatch, hosts, current, gpus, procs, expect):
         assert "torch.distributed.run" in cmd and set(expect) <= set(cmd)
 
 
-def test_gloo_interface_only_across_hosts(monkeypatch):
-    monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "eth0")
+@pytest.fixture
+def network(tmp_path, monkeypatch):
+    """Interfaces lo and eth0, a route table (10.0.0.0/24 on eth0, default via eth0,
+    10.1.0.0/16 on eth1), and algo-1 at 10.1.2.3."""
+    net = tmp_path / "net"
+    for name in ("lo", "eth0", "eth1"):
+        (net / name).mkdir(parents=True)
+    routes = tmp_path / "route"
+    routes.write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\n"
+        "eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"
+        "eth1\t0000010A\t00000000\t0001\t0\t0\t0\t0000FFFF\n")
+    monkeypatch.setattr(launch, "NET_DIR", net)
+    monkeypatch.setattr(launch, "ROUTES", routes)
+    def resolve(host):
+        if host != "algo-1":
+            raise launch.socket.gaierror(f"unknown host {host}")
+        return "10.1.2.3"
+
+    monkeypatch.setattr(launch.socket, "gethostbyname", resolve)
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)
+    return net
+
+
+def test_gloo_interface_only_across_hosts(network, monkeypatch):
+    monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "eth0")
     monkeypatch.setenv("SM_HOSTS", '["algo-1"]')
     assert "GLOO_SOCKET_IFNAME" not in launch.environment()
     monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
     assert launch.environment()["GLOO_SOCKET_IFNAME"] == "eth0"
+
+
+def test_a_named_interface_that_is_missing_gives_way_to_the_route(network, monkeypatch,
+                                                                  capsys):
+    """SDK v3 local mode names "ethwe"; the container has eth0/eth1 only."""
+    monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "ethwe")
+    monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
+    env = launch.environment()
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "eth1"  # /16 beats default
+    assert "ethwe (named) does not exist here; eth1, which routes to algo-1 (10.1.2.3)" in \
+        capsys.readouterr().out
+
+
+def test_no_route_and_no_interface_leaves_the_choice_to_gloo(network, monkeypatch, capsys):
+    monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "ethwe")
+    monkeypatch.setenv("SM_HOSTS", '["algo-9", "algo-2"]')
+    assert "GLOO_SOCKET_IFNAME" not in launch.environment()
+    assert "no route to algo-9 found" in capsys.readouterr().out
 
 
 # ---- precision and profiling settings
@@ -218,7 +261,7 @@ def test_rules_flag_a_model_that_does_not_learn(tmp_path):
     assert verdicts["Overtraining"].status == "IssuesFound"
 
 
-def test_hosts_come_from_resourceconfig(sm_base, monkeypatch):
+def test_hosts_come_from_resourceconfig(sm_base, network, monkeypatch):
     """The toolkit does not export SM_HOSTS into its own process: read the file."""
     for var in ("SM_HOSTS", "SM_CURRENT_HOST", "SM_NETWORK_INTERFACE_NAME",
                 "DOGBREED_PROCS_PER_HOST", "GLOO_SOCKET_IFNAME"):
