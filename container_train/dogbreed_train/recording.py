@@ -295,6 +295,7 @@ class Recorder:
     @guarded
     def _final_rules(self) -> None:
         self.rules.evaluate(self.stats)
+        self.rules.report_unevaluated()
         log.info(self.rules.summary())
 
     @guarded

@@ -10,8 +10,9 @@ so, as a SageMaker rule job ends at its first issue. Each change is one log line
 
     RULE LossNotDecreasing status=1 IssuesFound epoch=2 step=14: training loss ...
 
-(status=1 IssuesFound, 0 NoIssuesFound) that metric_definitions.json turns into
-the metric ``rule:LossNotDecreasing``, and the verdicts go to
+(status=1 IssuesFound, 0 NoIssuesFound, 2 NotEvaluated) that metric_definitions.json
+turns into the metric ``rule:LossNotDecreasing``. A rule still NotEvaluated at the end
+of the job says so once then, so that every rule metric has a value. The verdicts go to
 /opt/ml/output/data/rules.json. Where this differs from SageMaker's documented
 logic, the rule's docstring says so.
 """
@@ -27,7 +28,7 @@ import numpy as np
 log = logging.getLogger("dogbreed_train.rules")
 
 ISSUES, NO_ISSUES, NOT_EVALUATED = "IssuesFound", "NoIssuesFound", "NotEvaluated"
-STATUS_CODE = {ISSUES: 1, NO_ISSUES: 0}
+STATUS_CODE = {ISSUES: 1, NO_ISSUES: 0, NOT_EVALUATED: 2}
 
 # SageMaker's documented defaults (rule_configs / ProfilerRule).
 DEFAULTS: dict[str, dict] = {
@@ -436,6 +437,7 @@ class RuleBook:
     def __init__(self):
         self.verdicts = {name: Verdict(name, advice=ADVICE[name], parameters=DEFAULTS[name])
                          for name in RULES}
+        self.reported: set[str] = set()  # rules whose status has had its log line
 
     def evaluate(self, stats: dict, only: tuple[str, ...] | None = None) -> None:
         for name in only or RULES:
@@ -458,14 +460,24 @@ class RuleBook:
             if epoch is None and outcome.step is not None:
                 epoch = _epoch_of(stats, outcome.step)
             verdict.first = {"epoch": epoch, "step": outcome.step}
-        if changed and outcome.status in STATUS_CODE:
-            where = ""
-            if verdict.first:
-                where = " ".join(f"{k}={v}" for k, v in verdict.first.items() if v is not None)
-                where = f" {where}" if where else ""
-            line = (f"RULE {verdict.rule} status={STATUS_CODE[outcome.status]} "
-                    f"{outcome.status}{where}: {outcome.reason}")
-            (log.warning if outcome.status == ISSUES else log.info)(line)
+        if changed:
+            self._log(verdict)
+
+    def _log(self, verdict: Verdict) -> None:
+        where = ""
+        if verdict.status == ISSUES and verdict.first:
+            where = " ".join(f"{k}={v}" for k, v in verdict.first.items() if v is not None)
+            where = f" {where}" if where else ""
+        line = (f"RULE {verdict.rule} status={STATUS_CODE[verdict.status]} "
+                f"{verdict.status}{where}: {verdict.reason}")
+        (log.warning if verdict.status == ISSUES else log.info)(line)
+        self.reported.add(verdict.rule)
+
+    def report_unevaluated(self) -> None:
+        """The end of the job: one NotEvaluated line for each rule that never had one."""
+        for verdict in self.verdicts.values():
+            if verdict.rule not in self.reported:
+                self._log(verdict)
 
     def as_list(self) -> list[dict]:
         return [asdict(v) for v in self.verdicts.values()]
