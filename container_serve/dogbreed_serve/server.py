@@ -153,7 +153,7 @@ def nginx_conf(run_dir: Path, port: int, mms_port: int, max_body: int, timeout: 
 def writable_base() -> Path:
     """Where this start keeps its files: the first writable of TMPDIR, /tmp, /dev/shm,
     /var/tmp. A container run with --read-only still has /dev/shm (a tmpfs)."""
-    candidates = [os.environ.get("TMPDIR"), "/tmp", "/dev/shm", "/var/tmp"]
+    candidates = [os.environ.get("TMPDIR"), "/tmp", "/dev/shm", "/var/tmp"]  # nosec B108
     for candidate in dict.fromkeys(c for c in candidates if c):
         path = Path(candidate)
         try:
