@@ -217,3 +217,18 @@ def test_read_only_root_without_any_writable_folder_says_what_to_do(serve_image,
         assert "Traceback" not in text
     finally:
         docker("rm", "-f", cid, check=False)
+
+
+def test_safe_port_range_that_mms_cannot_use_is_refused_in_one_line(serve_image,
+                                                                    trained_model):
+    """MMS 1.1.11 will not listen above 32767: serve says so before starting it."""
+    cid = run_serve(serve_image, trained_model.root / "model",
+                    "-e", "SAGEMAKER_SAFE_PORT_RANGE=40000-40009")
+    try:
+        wait_exit(cid, timeout=60)
+        text = logs(cid)
+        assert state(cid) == ("exited", 2), text[-2000:]
+        errors = [line for line in text.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and "lies above 32767" in errors[0], text
+    finally:
+        docker("rm", "-f", cid, check=False)

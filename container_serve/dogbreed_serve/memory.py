@@ -152,7 +152,7 @@ class DecodeMemory:
         while (slots := self._take(need)) is None:
             if time.monotonic() > deadline:
                 raise MemoryBusy
-            time.sleep(random.uniform(0.01, 0.03))  # nosec B311 - jitter, not security
+            time.sleep(random.uniform(0.01, 0.03))  # nosec B311
         try:
             yield
         finally:

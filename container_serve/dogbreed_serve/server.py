@@ -86,10 +86,15 @@ def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
+# multi-model-server 1.1.11 refuses to listen above this ("Invalid port number").
+MMS_MAX_PORT = 32767
+
+
 def port_range(value: str | None) -> range:
-    """SAGEMAKER_SAFE_PORT_RANGE ("20000-20999", both ends included) or our default."""
+    """SAGEMAKER_SAFE_PORT_RANGE ("20000-20999", both ends included) or our default,
+    without the ports MMS refuses."""
     if not value or not value.strip():
-        return range(8081, 32768)
+        return range(8081, MMS_MAX_PORT + 1)
     try:
         low, high = (int(part) for part in value.strip().split("-"))
     except ValueError:
@@ -97,7 +102,11 @@ def port_range(value: str | None) -> range:
                       "20000-20999)", 2) from None
     if not 1 <= low <= high <= 65535:
         raise Failure(f"SAGEMAKER_SAFE_PORT_RANGE={value!r}: ports run from 1 to 65535", 2)
-    return range(low, high + 1)
+    if low > MMS_MAX_PORT:
+        raise Failure(f"SAGEMAKER_SAFE_PORT_RANGE={value!r} lies above {MMS_MAX_PORT}, where "
+                      "multi-model-server 1.1.11 refuses to listen: give a range that "
+                      f"reaches below {MMS_MAX_PORT + 1}", 2)
+    return range(low, min(high, MMS_MAX_PORT) + 1)
 
 
 def free_ports(count: int, candidates: range, avoid: int) -> list[int]:
