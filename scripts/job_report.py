@@ -30,7 +30,8 @@ def fetch(source: str, dest: Path, s3_client=None) -> Path:
         s3_client.download_file(bucket, key, str(archive))
     with tarfile.open(archive) as tar:
         safe_extract(tar, dest)
-    return dest
+    # SageMaker packs output/data; local mode packs all of output/ (data/ inside).
+    return dest / "data" if (dest / "data").is_dir() else dest
 
 
 def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:

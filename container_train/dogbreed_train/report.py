@@ -324,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(args.source) as tar:
         safe_extract(tar, tmp)
         out = args.out or args.source.with_name(REPORT_FILE)
-        print(build(Path(tmp), out))
+        # SageMaker packs output/data; local mode packs all of output/ (data/ inside).
+        folder = Path(tmp) / "data" if (Path(tmp) / "data").is_dir() else Path(tmp)
+        print(build(folder, out))
     return 0
 
 
