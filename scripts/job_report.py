@@ -13,9 +13,10 @@ import tarfile
 from pathlib import Path
 
 
-def output_archive(model_data: str) -> str:
-    """output.tar.gz sits beside model.tar.gz (SageMaker and local mode alike)."""
-    return model_data.rsplit("/", 1)[0] + "/output.tar.gz"
+def output_archive(model_data: str | Path) -> str:
+    """output.tar.gz sits beside model.tar.gz (SageMaker and local mode alike); local
+    training names model.tar.gz by its Path, SageMaker by an s3:// URI."""
+    return str(model_data).rsplit("/", 1)[0] + "/output.tar.gz"
 
 
 def fetch(source: str, dest: Path, s3_client=None) -> Path:

@@ -24,3 +24,9 @@ def test_demo_pipeline_small(train_image, serve_image, tmp_path):
     assert 0.0 <= summary["test_acc"] <= 1.0
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "Done in"):
         assert step in proc.stdout
+    # The job's own verdicts, report and TensorBoard command, from its output archive.
+    assert "rule verdicts (evaluated in the job):" in proc.stdout
+    assert "LossNotDecreasing" in proc.stdout
+    report = out / "job-output" / "data" / "report.html"
+    assert f"report:      {report}" in proc.stdout and report.is_file()
+    assert f"tensorboard --logdir {out / 'job-output'}" in proc.stdout
