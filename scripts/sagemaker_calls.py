@@ -363,12 +363,18 @@ def _endpoint(name: str):
     return Endpoint(endpoint_name=name)
 
 
-def invoke_bytes(boto_session, endpoint: str, body: bytes, content_type: str,
-                 top_k: int | None = None) -> bytes:
-    """One raw-bytes InvokeEndpoint through sagemaker-core's Endpoint; the answer's bytes."""
+def _invoke_args(content_type: str, top_k: int | None) -> dict:
+    """What every invocation sends besides the image: its type, JSON back, top_k."""
     args = {"content_type": content_type, "accept": "application/json"}
     if top_k:
         args["custom_attributes"] = f"top_k={top_k}"
+    return args
+
+
+def invoke_bytes(boto_session, endpoint: str, body: bytes, content_type: str,
+                 top_k: int | None = None) -> bytes:
+    """One raw-bytes InvokeEndpoint through sagemaker-core's Endpoint; the answer's bytes."""
+    args = _invoke_args(content_type, top_k)
     answer = _endpoint(endpoint).invoke(body=body, session=boto_session,
                                         region=boto_session.region_name, **args)
     body = answer.body
@@ -378,9 +384,7 @@ def invoke_bytes(boto_session, endpoint: str, body: bytes, content_type: str,
 def invoke_async(boto_session, endpoint: str, input_s3: str, content_type: str,
                  top_k: int | None = None) -> str:
     """InvokeEndpointAsync on an image already in S3; returns the output location."""
-    args = {"content_type": content_type, "accept": "application/json"}
-    if top_k:
-        args["custom_attributes"] = f"top_k={top_k}"
+    args = _invoke_args(content_type, top_k)
     answer = _endpoint(endpoint).invoke_async(input_location=input_s3, session=boto_session,
                                               region=boto_session.region_name, **args)
     return answer.output_location

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .verdicts import stalled  # the same Overtraining test as the in-job rule
+
 log = logging.getLogger(__name__)
 
 DEFAULTS = {
@@ -116,28 +118,15 @@ def overfit(t: Tensors, start_step: int, patience: int, ratio_threshold: float):
     return "NoIssuesFound", f"validation loss within {ratio_threshold:.0%} of training loss"
 
 
-def _stalled(values: list[float], patience: int, delta: float) -> int | None:
-    """Index at which `values` went `patience` readings without improving by `delta`."""
-    best, since = np.inf, 0
-    for i, v in enumerate(values):
-        if v < best - delta * abs(best if np.isfinite(best) else v):
-            best, since = v, 0
-        else:
-            since += 1
-            if since >= patience:
-                return i
-    return None
-
-
 def overtraining(t: Tensors, patience_train: int, patience_validation: int, delta: float):
     train = [v for _, v in t.loss(t.modes.TRAIN)]
     valid = [v for _, v in t.validation_passes()]
     if not train or not valid:
         return "NotEvaluated", "needs training and validation losses (the 'losses' collection)"
-    at = _stalled(train, patience_train, delta)
+    at = stalled(train, patience_train, delta)
     if at is not None:
         return "IssuesFound", f"training loss stopped improving by {delta:.0%} at reading {at}"
-    at = _stalled(valid, patience_validation, delta)
+    at = stalled(valid, patience_validation, delta)
     if at is not None:
         return "IssuesFound", f"validation loss stopped improving at validation pass {at + 1}"
     return "NoIssuesFound", "training and validation losses still improving"

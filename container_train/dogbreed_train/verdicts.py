@@ -195,7 +195,7 @@ def overfit(stats: dict, start_step: int, patience: int, ratio_threshold: float)
                f"(worst {worst:.0%})", {"worst_ratio": worst})
 
 
-def _stalled(values: list[float], patience: int, delta: float) -> int | None:
+def stalled(values: list[float], patience: int, delta: float) -> int | None:
     """Index at which `values` went `patience` readings without a relative
     improvement of `delta` over the best so far."""
     best, since = math.inf, 0
@@ -219,12 +219,12 @@ def overtraining(stats: dict, patience_train: int, patience_validation: int,
         return _not("needs at least two epochs")
     train = [p[1] for p in passes]
     valid = [p[2] for p in passes]
-    at = _stalled(train, patience_train, delta)
+    at = stalled(train, patience_train, delta)
     if at is not None:
         return _fired(f"training loss did not improve by {delta:.0%} for {patience_train} "
                       f"epochs (epoch {passes[at][0]})", {"train_loss": train[at]},
                       passes[at][0])
-    at = _stalled(valid, patience_validation, delta)
+    at = stalled(valid, patience_validation, delta)
     if at is not None:
         return _fired(f"validation loss did not improve by {delta:.0%} for "
                       f"{patience_validation} epochs (epoch {passes[at][0]})",
