@@ -43,6 +43,17 @@ def logs(container: str) -> str:
     return out.stdout + out.stderr
 
 
+def one_line_refusal(container: str) -> tuple[str, str, float]:
+    """Wait for a serve that must refuse to start: exit 2 with exactly one ERROR line.
+    Returns that line, the whole log and the seconds it took."""
+    took = wait_exit(container, timeout=60)
+    text = logs(container)
+    assert state(container) == ("exited", 2), text[-2000:]
+    errors = [line for line in text.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, text[-2000:]
+    return errors[0], text, took
+
+
 def run_serve(image: str, model_dir, *args: str) -> str:
     name = f"dogbreed-serve-life-{uuid.uuid4().hex[:8]}"
     return docker("run", "-d", "--name", name, "-v", f"{model_dir}:/opt/ml/model:ro", *args,
@@ -177,12 +188,9 @@ def test_broken_model_directory_is_explained_in_one_line(serve_image, trained_mo
     model = broken(trained_model.root / "model", tmp_path, case)
     cid = run_serve(serve_image, model)
     try:
-        took = wait_exit(cid, timeout=60)
-        text = logs(cid)
-        assert state(cid) == ("exited", 2), text[-2000:]
-        errors = [line for line in text.splitlines() if " ERROR " in line]
-        assert len(errors) == 1 and says in errors[0], text[-2000:]
-        assert "deploy the model.tar.gz that a dogbreed-train job wrote" in errors[0]
+        error, text, took = one_line_refusal(cid)
+        assert says in error, text[-2000:]
+        assert "deploy the model.tar.gz that a dogbreed-train job wrote" in error
         assert "Traceback" not in text and "multi-model-server" not in text
         assert took < 30, took
     finally:
@@ -209,11 +217,8 @@ def test_read_only_root_without_any_writable_folder_says_what_to_do(serve_image,
                                                                     trained_model):
     cid = run_serve(serve_image, trained_model.root / "model", "--read-only", "--ipc", "none")
     try:
-        wait_exit(cid, timeout=60)
-        text = logs(cid)
-        assert state(cid) == ("exited", 2), text[-2000:]
-        errors = [line for line in text.splitlines() if " ERROR " in line]
-        assert len(errors) == 1 and "give the container a writable /tmp" in errors[0], text
+        error, text, _ = one_line_refusal(cid)
+        assert "give the container a writable /tmp" in error, text
         assert "Traceback" not in text
     finally:
         docker("rm", "-f", cid, check=False)
@@ -225,10 +230,7 @@ def test_safe_port_range_that_mms_cannot_use_is_refused_in_one_line(serve_image,
     cid = run_serve(serve_image, trained_model.root / "model",
                     "-e", "SAGEMAKER_SAFE_PORT_RANGE=40000-40009")
     try:
-        wait_exit(cid, timeout=60)
-        text = logs(cid)
-        assert state(cid) == ("exited", 2), text[-2000:]
-        errors = [line for line in text.splitlines() if " ERROR " in line]
-        assert len(errors) == 1 and "lies above 32767" in errors[0], text
+        error, text, _ = one_line_refusal(cid)
+        assert "lies above 32767" in error, text
     finally:
         docker("rm", "-f", cid, check=False)
