@@ -29,9 +29,13 @@ serve-image-gpu: docker ## the serving image with onnxruntime-gpu (dogbreed-serv
 	$(BUILD) docker/serve.Dockerfile dogbreed-serve:gpu container_serve/requirements-gpu.lock \
 		--build-arg VARIANT=gpu
 
-$(VENV)/.done: tests/requirements.lock
+# The project's own packages go in editable (no dependencies: the lock has them all).
+HOST_PACKAGES := contract container_serve
+$(VENV)/.done: tests/requirements.lock $(foreach p,$(HOST_PACKAGES),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --no-deps --require-hashes -r tests/requirements.lock
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation --no-index \
+		$(foreach p,$(HOST_PACKAGES),-e $(p))
 	touch $@
 
 venv: $(VENV)/.done ## host tools: pytest, SageMaker SDK v3, moto, boto3

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from dogbreed_contract.preprocess import Spec
 from dogbreed_train import artifacts
 from dogbreed_train.models import build_model
-from dogbreed_train.preprocess import Spec
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dogbreed_contract.model_card import ModelCard
+
 
 def server_threads() -> tuple[int, int]:
     """(workers, intra-op threads per worker) as dogbreed_serve.server/handler pick them."""
@@ -91,9 +93,9 @@ def torch_runner(kind: str, model_dir: Path, threads: int):
     from dogbreed_train.models import build_model
 
     torch.set_num_threads(threads)
-    meta = json.loads((model_dir / "model.json").read_text())
-    size = int(meta["preprocess"]["image_size"])
-    model = build_model(meta["architecture"], len(meta["labels"]), pretrained=False)
+    card = ModelCard.load(model_dir)
+    size = card.spec.image_size
+    model = build_model(card.architecture, len(card.labels), pretrained=False)
     pth = model_dir.parent / "model-torch" / "model.pth"
     if pth.is_file():
         model.load_state_dict(torch.load(pth, map_location="cpu"))
@@ -120,11 +122,10 @@ def torch_runner(kind: str, model_dir: Path, threads: int):
 def serve_stdin(model_dir: Path, threads: int | None, image: Path | None) -> int:
     """The probe loop: answers each command on one line of JSON."""
     from dogbreed_serve.decoding import decode
-    from dogbreed_serve.preprocess import Spec
 
     fn, make, info = ort_runner(model_dir, threads)
     body = image.read_bytes() if image else None
-    spec = Spec.from_dict(json.loads((model_dir / "model.json").read_text())["preprocess"])
+    spec = ModelCard.load(model_dir).spec
     inputs: dict[int, np.ndarray] = {}
     for _ in range(3):
         fn(make(1))

@@ -51,9 +51,10 @@ from photo import photo_like
 from PIL import Image
 from training import cycling, run_steps, step_fn, synthetic_batches
 
+from dogbreed_contract.model_card import ModelCard
+from dogbreed_contract.preprocess import Spec, load_eval_array
 from dogbreed_train import data
 from dogbreed_train.models import build_model
-from dogbreed_train.preprocess import Spec, load_eval_array
 
 SYNTHETIC_GOAL_IPS = 3000.0
 REAL_GOAL_RATIO = 0.95
@@ -283,8 +284,8 @@ def onnx_agreement(base: Path, device: torch.device, images: list[Path]) -> dict
     """The exported model against PyTorch with the checkpoint's weights, same inputs."""
     import onnx
 
-    card = json.loads((base / "model" / "model.json").read_text())
-    spec = Spec.from_dict(card["preprocess"])
+    card = ModelCard.load(base / "model")
+    spec = card.spec
     state = torch.load(base / "checkpoints" / "checkpoint.pt", map_location="cpu",
                        weights_only=True)
     hps = state["hyperparameters"]
@@ -306,8 +307,8 @@ def onnx_agreement(base: Path, device: torch.device, images: list[Path]) -> dict
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        logits = session.run([card.get("output_name", "logits")],
-                             {card.get("input_name", "input"): x})[0]
+        logits = session.run([card.output_name],
+                             {card.input_name: x})[0]
         runtime = f"onnxruntime {ort.__version__}"
     except ImportError:  # the training image has no onnxruntime: onnx's own evaluator
         from onnx.reference import ReferenceEvaluator

@@ -6,7 +6,7 @@
 # usage: benchmarks/gpu_wheels.sh [DIR]      (default .whl)
 # then, on the GPU machine:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site DIR/*.whl
-#   PYTHONPATH=/tmp/site:container_train python3 benchmarks/gpu_check.py --out OUT
+#   PYTHONPATH=/tmp/site:contract:container_train python3 benchmarks/gpu_check.py --out OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-.whl}

@@ -43,9 +43,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photo import photo_like  # noqa: E402
 
+from dogbreed_contract.preprocess import Spec  # noqa: E402
 from dogbreed_train import data  # noqa: E402
 from dogbreed_train.models import build_model  # noqa: E402
-from dogbreed_train.preprocess import Spec  # noqa: E402
 
 
 def make_jpegs(root: Path, count: int, classes: int, size=(500, 375), seed: int = 0,

@@ -22,6 +22,10 @@ RUN python3 -m venv /opt/venv
 COPY container_serve/requirements.lock container_serve/requirements-gpu.lock /tmp/
 RUN lock=/tmp/requirements.lock; [ "$VARIANT" = gpu ] && lock=/tmp/requirements-gpu.lock; \
     /opt/venv/bin/pip install --no-deps --require-hashes -r "$lock"
+# The contract shared with the training image and the scripts (preprocessing, model
+# card, image types), installed as a package with the locked setuptools.
+COPY contract /src/contract
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-index /src/contract
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="dogbreed-serve" \
@@ -44,8 +48,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     MALLOC_MMAP_THRESHOLD_=131072
 COPY --from=build /opt/venv /opt/venv
 COPY container_serve/dogbreed_serve /opt/program/dogbreed_serve
-# The evaluation transform is the training image's own file: one definition, two images.
-COPY container_train/dogbreed_train/preprocess.py /opt/program/dogbreed_serve/preprocess.py
 COPY container_serve/bin/serve /usr/local/bin/serve
 RUN python -m compileall -q /opt/program
 # `serve` starts as root (as SageMaker runs it) and drops to model-server before

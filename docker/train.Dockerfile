@@ -29,6 +29,10 @@ COPY container_train/requirements.lock /tmp/requirements.lock
 # being written at run time): without it `import torch` alone compiles for 4-5 s in
 # every process at every start (docs/benchmarks.md).
 RUN /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.lock
+# The contract shared with the serving image and the scripts (preprocessing, model
+# card, data layout, metric lines), installed as a package with the locked setuptools.
+COPY contract /src/contract
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-index /src/contract
 
 # ---- runtime
 FROM ${BASE_IMAGE}

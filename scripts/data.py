@@ -25,13 +25,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dogbreed_contract import LayoutError, media
+from dogbreed_contract import layout as contract_layout
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import settings  # noqa: E402
 from settings import ConfigError  # noqa: E402
 
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
-SPLITS = ("train", "valid", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,38 +97,45 @@ class Layout:
 
 
 def check_layout(root: Path) -> Layout:
-    """Class folders with images in each split; valid/test classes must be in train."""
-    layout = Layout(root)
-    for split in SPLITS:
+    """The contract's channel layout (dogbreed_contract.layout), checked before any upload.
+
+    The rules are training's: class folders (hidden ones and __MACOSX are not), images
+    by suffix, at least two train classes with distinct labels, valid/test classes
+    among train's; besides, no loose files and no class folder without images.
+    """
+    result = Layout(root)
+    for split in contract_layout.CHANNELS:
         d = root / split
         if not d.is_dir():
             if split == "train":
                 raise ConfigError(f"{d} is missing: the train channel is required")
             print(f"    warning: no {split}/ folder; the job will do without it")
             continue
-        loose = [p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+        loose = contract_layout.loose_files(d)
         if loose:
             raise ConfigError(f"{d} has files outside class folders (e.g. {loose[0]}); "
                               "put each image in a folder named after its class")
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
-        files = sorted(p for p in d.rglob("*") if p.is_file()
-                       and p.suffix.lower() in IMAGE_SUFFIXES)
+        classes = contract_layout.class_folders(d)
+        files = sorted(f for c in classes for f in contract_layout.image_files(d / c))
         if not classes or not files:
-            raise ConfigError(f"{d} has no class folders with .jpg/.jpeg/.png images")
-        empty = [c for c in classes if not any(f.parent.name == c for f in files)]
+            raise ConfigError(f"{d} has no class folders with {media.SUFFIXES_SHOWN} images")
+        empty = contract_layout.empty_classes(d, classes)
         if empty:
             raise ConfigError(f"{d}: class folder(s) without images: {', '.join(empty[:5])}")
-        layout.files[split], layout.classes[split] = files, set(classes)
-    if len(layout.classes["train"]) < 2:
-        raise ConfigError(f"{root / 'train'} needs at least two class folders")
+        result.files[split], result.classes[split] = files, set(classes)
+    try:
+        contract_layout.check_train_classes(sorted(result.classes["train"]), where=str(root / "train"))
+    except LayoutError as exc:
+        raise ConfigError(str(exc)) from None
     for split in ("valid", "test"):
-        extra = layout.classes.get(split, set()) - layout.classes["train"]
+        extra = contract_layout.unknown_classes(sorted(result.classes.get(split, ())),
+                                       sorted(result.classes["train"]))
         if extra:
             raise ConfigError(f"{root / split} has classes that train lacks: "
-                              f"{', '.join(sorted(extra)[:5])}")
-    for split, files in layout.files.items():
-        print(f"    {split:<5} {len(files):>6} images in {len(layout.classes[split])} classes")
-    return layout
+                              f"{', '.join(extra[:5])}")
+    for split, files in result.files.items():
+        print(f"    {split:<5} {len(files):>6} images in {len(result.classes[split])} classes")
+    return result
 
 
 def existing_objects(s3, bucket: str, prefix: str) -> dict[str, int]:

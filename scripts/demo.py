@@ -22,6 +22,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
+from dogbreed_contract.model_card import ModelCard
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demodata  # noqa: E402
 import job_report  # noqa: E402
@@ -88,8 +91,8 @@ def main(argv=None) -> int:
     finally:
         sagemaker_calls.remove_leftovers(job)
     with tarfile.open(tarball) as tar:
-        meta = json.load(tar.extractfile("model.json"))
-    metrics = meta["metrics"]
+        card = ModelCard.parse(tar.extractfile(MODEL_CARD_FILE).read(), where=str(tarball))
+    metrics = card.metrics
     print(f"    model: {tarball}")
     print(f"    validation accuracy {metrics['valid_acc']:.3f}, "
           f"test accuracy {metrics['test_acc']:.3f}")

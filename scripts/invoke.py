@@ -22,11 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+from dogbreed_contract import media
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import settings  # noqa: E402
 from settings import ConfigError  # noqa: E402
-
-SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,18 +53,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def content_type(path: Path, body: bytes) -> str | None:
     """From the bytes (the server sniffs them too), else from the file name."""
-    if body.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if body.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    return SUFFIXES.get(path.suffix.lower())
+    return media.content_type_for(path, body)
 
 
 def images(paths: list[Path]) -> list[Path]:
     found = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if media.is_image_file(p))
         elif path.is_file():
             found.append(path)
         else:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from dogbreed_contract import metrics as contract_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_DEFINITIONS = ROOT / "container_train" / "dogbreed_train" / "metric_definitions.json"
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
 
 
@@ -259,8 +260,10 @@ def default_bucket(session) -> str:
     return name
 
 
-def metric_definitions(path: Path = METRIC_DEFINITIONS) -> list[dict[str, str]]:
-    """The regexes the training image publishes for its log lines."""
+def metric_definitions(path: Path | None = None) -> list[dict[str, str]]:
+    """The regexes for the training image's log lines (the contract's), or a file's own."""
+    if path is None:
+        return contract_metrics.definitions()
     return json.loads(Path(path).read_text())
 
 

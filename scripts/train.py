@@ -33,6 +33,9 @@ import tarfile
 import time
 from pathlib import Path
 
+from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
+from dogbreed_contract.model_card import ModelCard
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import job_report  # noqa: E402
 import settings  # noqa: E402
@@ -175,10 +178,10 @@ def train_local(args: argparse.Namespace, cfg) -> int:
         raise ConfigError(f"the local training job left no model ({tarball}); "
                           f"see {jobdir}/output")
     with tarfile.open(tarball) as tar:
-        meta = json.load(tar.extractfile("model.json"))
+        card = ModelCard.parse(tar.extractfile(MODEL_CARD_FILE).read(), where=str(tarball))
     settings.save_state(cfg, local_model=str(tarball))
     print(f"\nlocal training job done\n  model:   {tarball}")
-    for key, value in sorted(meta.get("metrics", {}).items()):
+    for key, value in sorted(card.metrics.items()):
         if isinstance(value, (int, float)):
             print(f"  {key:<14} {value:.4f}")
     job_report.show(job_report.output_archive(tarball), Path(tarball).parent / "output")

@@ -1,8 +1,7 @@
 """Property-based fuzzing of the serving image's request decoding, on the host.
 
-The serving package's decoding.py is imported together with the training image's
-preprocess.py, exactly the two files the serving Dockerfile puts side by side, so this
-is the code the container runs (Pillow and NumPy are the same versions on the host).
+dogbreed_serve and dogbreed_contract are installed in the host venv as they are in
+the serving image, so this is the code the container runs.
 Property: for any body and any Content-Type, decode() either returns the model input
 (3 x S x S, finite float32) or raises ClientError with a 4xx and a message of our own:
 nothing else escapes, and no message carries library internals.
@@ -10,7 +9,6 @@ nothing else escapes, and no message carries library internals.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import struct
@@ -24,24 +22,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import ROOT
+from dogbreed_contract import media, preprocess
+from dogbreed_serve import decoding
 
-
-def load_serving_decoding():
-    """dogbreed_serve as the image lays it out: its own modules plus preprocess.py."""
-    name = "dogbreed_serve"
-    if name in sys.modules and hasattr(sys.modules[name], "decoding"):
-        return sys.modules[f"{name}.decoding"]
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "container_serve" / name / "__init__.py",
-        submodule_search_locations=[str(ROOT / "container_serve" / name),
-                                    str(ROOT / "container_train" / "dogbreed_train")])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[name] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module(f"{name}.decoding")
-
-
-decoding = load_serving_decoding()
 SPECS = [decoding.Spec.for_size(64), decoding.Spec()]  # the tests' model, and the default
 CONTENT_TYPES = ["image/jpeg", "image/png", "application/x-image", "IMAGE/JPEG; q=1",
                  "image/jpg", "text/plain", "", None, "image/gif", "multipart/form-data",
@@ -151,7 +134,7 @@ def forged_png(draw) -> bytes:
 
 @FUZZ
 @given(body=st.one_of(st.binary(max_size=2048),
-                      st.sampled_from(list(decoding.MAGIC)).flatmap(
+                      st.sampled_from(list(media.MAGIC)).flatmap(
                           lambda m: st.binary(max_size=2048).map(lambda b: m + b))),
        content_type=st.sampled_from(CONTENT_TYPES), spec=st.sampled_from(SPECS))
 def test_any_bytes_decode_or_give_a_clean_4xx(body, content_type, spec):
@@ -253,8 +236,6 @@ def test_16_bit_images_decode_exactly_as_training_evaluates_them(seed, w, h, bri
                                                                   orientation):
     """decoding.to_8bit (strips, no float64 copies of the whole image) against
     preprocess.load_eval_array (training's evaluation): the same array, bit for bit."""
-    from dogbreed_serve import preprocess
-
     rng = np.random.default_rng(seed)
     peak = 65535 if bright else 255
     img = Image.fromarray(rng.integers(0, peak + 1, (h, w), dtype=np.uint16))
@@ -275,10 +256,10 @@ def test_16_bit_conversion_memory_is_a_fraction_of_float64s():
 
     import malformed
 
-    probe = f"""
-import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})
-from test_decoding_fuzz import decoding
-from dogbreed_serve import preprocess
+    probe = """
+import sys
+from dogbreed_serve import decoding
+from dogbreed_contract import preprocess
 import malformed
 body = malformed.png16_zeros(4000, 2500)
 def hwm():

@@ -173,6 +173,12 @@ def broken(model_dir, tmp_path, case: str):
     elif case == "fewer labels than outputs":
         meta["labels"] = meta["labels"][:2]
         meta_path.write_text(json.dumps(meta))
+    elif case == "model card of schema version 2":
+        meta["schema_version"] = 2
+        meta_path.write_text(json.dumps(meta))
+    elif case == "model card without a schema version":
+        del meta["schema_version"]
+        meta_path.write_text(json.dumps(meta))
     return out
 
 
@@ -193,6 +199,24 @@ def test_broken_model_directory_is_explained_in_one_line(serve_image, trained_mo
         assert "deploy the model.tar.gz that a dogbreed-train job wrote" in error
         assert "Traceback" not in text and "multi-model-server" not in text
         assert took < 30, took
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+@pytest.mark.parametrize("case,says", [
+    ("model card of schema version 2", "has schema version 2, but this image reads model "
+                                       "cards of schema version 1"),
+    ("model card without a schema version", "has no schema version, but this image reads"),
+])
+def test_model_from_another_schema_version_is_refused_at_start(serve_image, trained_model,
+                                                               tmp_path, case, says):
+    model = broken(trained_model.root / "model", tmp_path, case)
+    cid = run_serve(serve_image, model)
+    try:
+        error, text, _ = one_line_refusal(cid)
+        assert says in error, text[-2000:]
+        assert "another release of dogbreed-train" in error
+        assert "Traceback" not in text and "multi-model-server" not in text
     finally:
         docker("rm", "-f", cid, check=False)
 

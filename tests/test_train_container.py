@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY_HPS, docker, opt_ml, run_train
+from dogbreed_contract import metrics
 
-METRIC_DEFS = json.loads(
-    (ROOT / "container_train" / "dogbreed_train" / "metric_definitions.json").read_text())
+METRIC_DEFS = metrics.definitions()
 
 
 def metric_values(log: str, name: str) -> list[float]:

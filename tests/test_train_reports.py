@@ -11,15 +11,15 @@ import tarfile
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY_HPS, docker, opt_ml, run_train
+from conftest import TINY_HPS, docker, opt_ml, run_train
+from dogbreed_contract import metrics
 
 RULES = {"VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
          "LossNotDecreasing", "PoorWeightInitialization", "ClassImbalance",
          "LowGPUUtilization", "CPUBottleneck", "IOBottleneck", "GPUMemoryIncrease",
          "BatchSize"}
 STATUSES = {"IssuesFound", "NoIssuesFound", "NotEvaluated"}
-METRIC_DEFS = json.loads(
-    (ROOT / "container_train" / "dogbreed_train" / "metric_definitions.json").read_text())
+METRIC_DEFS = metrics.definitions()
 
 # TensorBoard's own reader, in the image (tensorboard is not a host dependency).
 READ_EVENTS = """

@@ -15,6 +15,7 @@ anything is decoded, and again while it decodes (docs/hardening.md):
 - memory: an image whose decoding needs more than a few MiB reserves that much of
   the container's decode memory first (memory.py), and waits its turn if others hold it.
 
+The accepted content types and magic bytes are the contract's (dogbreed_contract.media).
 Each body is opened once. Decoding then follows preprocess.load_eval_array step by
 step (the same draft, load and to_rgb, then eval_array), so the endpoint sees exactly
 what training's evaluation saw; only 16-bit images are brought to 8 bits here, in
@@ -35,8 +36,15 @@ from contextlib import nullcontext
 import numpy as np
 from PIL import Image, ImageOps
 
+from dogbreed_contract.media import (
+    ACCEPTED_TYPES,
+    SNIFFED_TYPES,
+    media_type,
+    sniff,
+)
+from dogbreed_contract.preprocess import MAX_PIXELS, Spec, eval_array, to_rgb
+
 from .memory import DecodeMemory, MemoryBusy, NotEnoughMemory
-from .preprocess import MAX_PIXELS, Spec, eval_array, to_rgb
 
 log = logging.getLogger("dogbreed_serve")
 
@@ -44,12 +52,6 @@ log = logging.getLogger("dogbreed_serve")
 # each request's own answer already says what was wrong with it. Set once for the
 # process: warnings.catch_warnings() is not safe in handler.py's decode threads.
 warnings.filterwarnings("ignore", module="PIL")
-
-IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/x-image"}
-# The SDK's IdentitySerializer default: the format is then known from the bytes alone.
-SNIFFED_TYPES = {"application/octet-stream"}
-MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
-FORMATS = ("JPEG", "PNG")
 
 # libjpeg writes 10 scans for a progressive colour JPEG (6 for grey), mozjpeg about
 # 20. Each scan costs a pass over all of the image's blocks, empty or not: 2,000 empty
@@ -97,18 +99,6 @@ class DeadlineReader(io.BytesIO):
         if time.monotonic() > self.deadline:
             raise DecodeTimeout
         return super().read(size)
-
-
-def media_type(content_type: str | None) -> str:
-    """'Image/JPEG; charset=binary' -> 'image/jpeg'."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def sniff(body: bytes) -> str | None:
-    for magic, name in MAGIC.items():
-        if body.startswith(magic):
-            return name
-    return None
 
 
 def shown(value: str, limit: int = 40) -> str:
@@ -269,7 +259,7 @@ def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec,
            timeout_s: float = 10.0, memory: DecodeMemory | None = None) -> np.ndarray:
     """A request body to model input; raises ClientError (4xx, or 503 when busy)."""
     kind = media_type(content_type)
-    if kind not in IMAGE_TYPES and kind not in SNIFFED_TYPES:
+    if kind not in ACCEPTED_TYPES:
         raise ClientError(415, f"unsupported Content-Type '{shown(kind) or '(none)'}': send "
                                "the image bytes as image/jpeg, image/png, application/x-image "
                                "or application/octet-stream")

@@ -1,71 +1,17 @@
-"""The exported network, run by ONNX Runtime, with its labels and preprocessing."""
+"""The exported network, run by ONNX Runtime, with its model card (labels, preprocessing)."""
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .preprocess import Spec
+from dogbreed_contract import ModelCardError
+from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
+from dogbreed_contract.model_card import REDO, ModelCard
+
 from .settings import Settings
-
-METADATA_FILE = "model.json"
-
-
-class ModelError(Exception):
-    """The model directory is not what dogbreed-train writes."""
-
-
-# What to do about any broken model directory.
-REDO = ("deploy the model.tar.gz that a dogbreed-train job wrote (model.onnx and "
-        "model.json), or train again")
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """model.json, checked: what the server needs from it."""
-
-    labels: list[str]
-    spec: Spec
-    input_name: str
-    model_file: str
-
-    @classmethod
-    def read(cls, model_dir: str | Path) -> "ModelCard":
-        path = Path(model_dir) / METADATA_FILE
-        if not path.is_file():
-            raise ModelError(f"{path} is missing: {REDO}")
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{path} cannot be read ({exc.__class__.__name__}): {REDO}") from None
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path} is not valid JSON (line {exc.lineno}, column "
-                             f"{exc.colno}: {exc.msg}): {REDO}") from None
-        if not isinstance(meta, dict):
-            raise ModelError(f"{path} holds a JSON {type(meta).__name__}, not an object: {REDO}")
-        missing = [k for k in ("labels", "preprocess", "input_name", "model_file") if k not in meta]
-        if missing:
-            raise ModelError(f"{path} lacks {', '.join(missing)}: {REDO}")
-        labels = meta["labels"]
-        if (not isinstance(labels, list) or not labels
-                or not all(isinstance(label, str) for label in labels)):
-            raise ModelError(f"{path}: labels must be a non-empty list of names: {REDO}")
-        try:
-            spec = Spec.from_dict(meta["preprocess"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{path}: preprocess must have image_size, resize_size, mean and "
-                             f"std: {REDO}") from None
-        if not (0 < spec.image_size <= spec.resize_size) or len(spec.mean) != 3 or len(
-                spec.std) != 3:
-            raise ModelError(f"{path}: preprocess has impossible values {meta['preprocess']}: "
-                             f"{REDO}")
-        if not isinstance(meta["model_file"], str) or not isinstance(meta["input_name"], str):
-            raise ModelError(f"{path}: model_file and input_name must be strings: {REDO}")
-        return cls(list(labels), spec, meta["input_name"], meta["model_file"])
 
 
 def session_options(intra_op_threads: int):
@@ -82,12 +28,12 @@ def session_options(intra_op_threads: int):
 
 
 def open_session(model_dir: Path, card: ModelCard, intra_op_threads: int):
-    """An ONNX Runtime session, or ModelError saying why the file cannot be one."""
+    """An ONNX Runtime session, or ModelCardError saying why the file cannot be one."""
     import onnxruntime as ort
 
     path = model_dir / card.model_file
     if not path.is_file():
-        raise ModelError(f"{path} is missing (model.json names it as the model file): {REDO}")
+        raise ModelCardError(f"{path} is missing (model.json names it as the model file): {REDO}")
     if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(
             ort, "preload_dlls"):
         ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels (GPU variant)
@@ -98,7 +44,7 @@ def open_session(model_dir: Path, card: ModelCard, intra_op_threads: int):
                                     providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ModelError(f"{path} is not an ONNX model ONNX Runtime can load "
+        raise ModelCardError(f"{path} is not an ONNX model ONNX Runtime can load "
                          f"({type(exc).__name__}{': ' + first if first else ''}): {REDO}") from None
 
 
@@ -111,11 +57,11 @@ def validate(model_dir: str | Path) -> dict:
     import onnxruntime as ort
 
     model_dir = Path(model_dir)
-    card = ModelCard.read(model_dir)
+    card = ModelCard.load(model_dir)
     session = open_session(model_dir, card, intra_op_threads=1)
     inputs = {i.name: i for i in session.get_inputs()}
     if card.input_name not in inputs:
-        raise ModelError(f"{model_dir / card.model_file} has no input named "
+        raise ModelCardError(f"{model_dir / card.model_file} has no input named "
                          f"'{card.input_name}' (it has {', '.join(inputs)}): {REDO}")
     width = session.get_outputs()[0].shape[-1]
     if not isinstance(width, int):  # a symbolic axis: run one image to see
@@ -124,11 +70,11 @@ def validate(model_dir: str | Path) -> dict:
             width = session.run(None, {card.input_name: np.zeros((1, 3, size, size),
                                                                  np.float32)})[0].shape[-1]
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"{model_dir / card.model_file} fails on a 1x3x{size}x{size} "
+            raise ModelCardError(f"{model_dir / card.model_file} fails on a 1x3x{size}x{size} "
                              f"input ({type(exc).__name__}): {REDO}") from None
     if width != len(card.labels):
-        raise ModelError(f"{model_dir / card.model_file} has {width} outputs but "
-                         f"{model_dir / METADATA_FILE} has {len(card.labels)} labels: the two "
+        raise ModelCardError(f"{model_dir / card.model_file} has {width} outputs but "
+                         f"{model_dir / MODEL_CARD_FILE} has {len(card.labels)} labels: the two "
                          f"files come from different models: {REDO}")
     return {"classes": len(card.labels), "input_size": card.spec.image_size,
             "runtime": f"onnxruntime {ort.__version__}",
@@ -138,7 +84,7 @@ def validate(model_dir: str | Path) -> dict:
 class Classifier:
     def __init__(self, model_dir: str | Path, intra_op_threads: int = 0):
         model_dir = Path(model_dir)
-        card = ModelCard.read(model_dir)
+        card = ModelCard.load(model_dir)
         self.labels = card.labels
         self.spec = card.spec
         self.input_name = card.input_name

@@ -45,8 +45,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from dogbreed_contract import ModelCardError, media
+from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
+from dogbreed_contract.model_card import ModelCard
+
 from . import logs
-from .model import METADATA_FILE, ModelError
 from .settings import READY_FILE, RUN_DIR_ENV, Settings
 
 log = logging.getLogger("dogbreed_serve.server")
@@ -153,7 +156,8 @@ def mms_properties(env, inference_port: int, management_port: int, workers: int,
 def nginx_conf(run_dir: Path, port: int, mms_port: int, max_body: int, timeout: int) -> Path:
     text = string.Template((CONF / "nginx.conf.template").read_text()).substitute(
         workdir=run_dir, port=port, mms_port=mms_port, max_body=max_body, timeout=timeout,
-        drain_s=DRAIN_S)
+        drain_s=DRAIN_S, accepted_types=media.nginx_type_pattern(),
+        accepted_types_text=", ".join(t for t in media.ACCEPTED_TYPES if t != "image/jpg"))
     path = run_dir / "nginx.conf"
     path.write_text(text)
     return path
@@ -198,7 +202,7 @@ def drop_privileges(model_dir: str, model_file: str, base: Path) -> str:
     readable = all(
         subprocess.run(["test", "-r", str(Path(model_dir) / name)], user=user.pw_uid,
                        group=user.pw_gid, extra_groups=[]).returncode == 0
-        for name in (METADATA_FILE, model_file))
+        for name in (MODEL_CARD_FILE, model_file))
     if not readable:
         copy = Path(tempfile.mkdtemp(prefix=MODEL_COPY_PREFIX, dir=base))
         try:
@@ -357,13 +361,13 @@ class Serve:
     def start_and_serve(self, settings: Settings, writer: logs.Writer) -> int:
         from sagemaker_inference.environment import Environment
 
-        from .model import ModelCard, validate
+        from .model import validate
 
-        if not (Path(settings.model_dir) / METADATA_FILE).is_file():
+        if not (Path(settings.model_dir) / MODEL_CARD_FILE).is_file():
             raise Failure(f"no model in {settings.model_dir}: expected model.onnx and "
                           "model.json from dogbreed-train", 2)
         try:
-            card = ModelCard.read(settings.model_dir)
+            card = ModelCard.load(settings.model_dir)
             base = writable_base()
             remove_stale(base)
             model_dir = drop_privileges(settings.model_dir, card.model_file, base)
@@ -372,7 +376,7 @@ class Serve:
                 settings = Settings.from_env()
             self.check_stop()
             model = validate(settings.model_dir)  # as the user that will serve it
-        except ModelError as exc:
+        except ModelCardError as exc:
             raise Failure(f"the model cannot be served: {exc}", 2) from None
         self.check_stop()
 

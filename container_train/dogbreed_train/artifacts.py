@@ -2,7 +2,8 @@
 
 /opt/ml/model (packed into model.tar.gz, all the serving image reads):
     model.onnx   the network, batch dimension dynamic
-    model.json   labels, preprocessing, input/output names, metrics summary
+    model.json   the model card (dogbreed_contract.model_card): labels, preprocessing,
+                 input/output names, metrics summary, schema version
 /opt/ml/output/data (uploaded as output.tar.gz):
     metrics.json, training_curves.png, test_predictions.json (with a test channel)
 """
@@ -18,15 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
+from dogbreed_contract.model_card import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelCard
+from dogbreed_contract.preprocess import Spec
+
 from . import __version__
 from .errors import UserError
-from .preprocess import Spec
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "model.json"
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 def _writable_dir(path: Path, what: str) -> Path:
@@ -73,25 +73,15 @@ def save_model(model: nn.Module, model_dir: Path, *, labels: list[str],
                hyperparameters: dict, summary: dict) -> None:
     try:
         export_onnx(model, spec, model_dir / MODEL_FILE)
-        metadata = {
-            "format": "onnx",
-            "model_file": MODEL_FILE,
-            "input_name": INPUT_NAME,
-            "output_name": OUTPUT_NAME,
-            "output": "logits",
-            "labels": labels,
-            "class_folders": class_folders,
-            "preprocess": spec.to_dict(),
-            "architecture": architecture,
-            "hyperparameters": hyperparameters,
-            "metrics": summary,
-            "created_by": f"dogbreed-train {__version__}, torch {torch.__version__}",
-        }
-        _atomic_write(model_dir / METADATA_FILE, json.dumps(metadata, indent=2).encode())
+        ModelCard(labels=labels, spec=spec, class_folders=class_folders,
+                  architecture=architecture, hyperparameters=hyperparameters, metrics=summary,
+                  created_by=f"dogbreed-train {__version__}, torch {torch.__version__}",
+                  model_file=MODEL_FILE, input_name=INPUT_NAME,
+                  output_name=OUTPUT_NAME).save(model_dir)
     except OSError as exc:
         raise UserError(f"could not save the model to {model_dir}: {exc}. "
                         "Check free space and permissions.") from None
-    log.info("saved %s and %s to %s", MODEL_FILE, METADATA_FILE, model_dir)
+    log.info("saved %s and %s to %s", MODEL_FILE, MODEL_CARD_FILE, model_dir)
 
 
 def save_json(path: Path, obj) -> None:

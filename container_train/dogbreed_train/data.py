@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,20 +22,15 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from dogbreed_contract import LayoutError, layout
+from dogbreed_contract.layout import class_folders, files_in, is_class_folder
+from dogbreed_contract.media import SUFFIXES_SHOWN, is_image_file
+from dogbreed_contract.preprocess import Spec, eval_array, load_rgb, open_image
+
 from . import paths
 from .errors import UserError
-from .preprocess import Spec, eval_array, load_rgb, open_image
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-NOT_CLASSES = {"__MACOSX"}  # besides hidden folders
-_PREFIX = re.compile(r"^\d+[._-]")
-
-
-def label_name(folder: str) -> str:
-    """'001.Affenpinscher' -> 'Affenpinscher'; a folder without a number keeps its name."""
-    return _PREFIX.sub("", folder, count=1) or folder
 
 
 @dataclass
@@ -46,20 +40,6 @@ class Split:
     name: str
     samples: list[tuple[Path, int]]
     skipped: list[str] = field(default_factory=list)
-
-
-def is_class_folder(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".") and path.name not in NOT_CLASSES
-
-
-def class_folders(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if is_class_folder(p))
-
-
-def files_in(folder: Path) -> list[Path]:
-    """Every file under a class folder but hidden ones (.DS_Store, ._x.jpg, .git/...)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def scan(name: str, root: Path, classes: list[str], bad_images: str) -> Split:
@@ -77,7 +57,7 @@ def scan(name: str, root: Path, classes: list[str], bad_images: str) -> Split:
                 f"channel '{name}' has class folder '{folder}' that the train channel does "
                 f"not have; every class in {name} must also be in train.")
         for path in files_in(root / folder):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image_file(path):
                 other_formats[path.suffix.lower() or "(no suffix)"] += 1
                 other_example = other_example or str(path.relative_to(root))
                 continue
@@ -96,10 +76,10 @@ def scan(name: str, root: Path, classes: list[str], bad_images: str) -> Split:
     if other_formats:
         counts = ", ".join(f"{n} {suffix}" for suffix, n in sorted(other_formats.items()))
         not_read = (f"{sum(other_formats.values())} file(s) not read, as they are not "
-                    f".jpg/.jpeg/.png ({counts}; e.g. {other_example})")
+                    f"{SUFFIXES_SHOWN} ({counts}; e.g. {other_example})")
     if not split.samples:
         raise UserError(
-            f"channel '{name}' at {root} has no readable .jpg/.jpeg/.png images in its class "
+            f"channel '{name}' at {root} has no readable {SUFFIXES_SHOWN} images in its class "
             f"folders{'; ' + not_read if not_read else ''}. Expected layout: "
             "<channel>/<NNN.ClassName>/<image>.jpg")
     if not_read:
@@ -120,14 +100,10 @@ def discover(valid_fraction: float, seed: int, bad_images: str
             f"the required 'train' channel is missing (looked in {train_root}). Give the "
             "job a 'train' input whose folders are classes: train/001.Affenpinscher/*.jpg")
     classes = class_folders(train_root)
-    if not classes:
-        raise UserError(
-            f"the 'train' channel at {train_root} has no class folders. Put each class's "
-            "images in its own folder: train/001.Affenpinscher/*.jpg")
-    if len(classes) < 2:
-        raise UserError(f"the 'train' channel has only one class ({classes[0]}); "
-                        "a classifier needs at least two class folders.")
-    check_distinct_labels(classes)
+    try:
+        layout.check_train_classes(classes, where=f"the 'train' channel at {train_root}")
+    except LayoutError as exc:
+        raise UserError(str(exc)) from None
     train = scan("train", train_root, classes, bad_images)
     check_every_class_has_images(train, classes)
 
@@ -146,20 +122,6 @@ def discover(valid_fraction: float, seed: int, bad_images: str
     return classes, train, valid, test
 
 
-def check_distinct_labels(classes: list[str]) -> None:
-    """'001.Red_circle' and '002.Red_circle' would be two classes the endpoint names alike."""
-    by_label: dict[str, list[str]] = {}
-    for folder in classes:
-        by_label.setdefault(label_name(folder), []).append(folder)
-    same = [folders for folders in by_label.values() if len(folders) > 1]
-    if same:
-        groups = "; ".join(" and ".join(folders) for folders in same)
-        raise UserError(
-            f"the 'train' channel's class folders {groups} give the same label "
-            f"('{label_name(same[0][0])}'), so their predictions could not be told apart. "
-            "Merge each group into one folder, or rename them.")
-
-
 def check_every_class_has_images(train: Split, classes: list[str]) -> None:
     """A class without a single training image can never be learned, only mispredicted."""
     present = {label for _, label in train.samples}
@@ -167,7 +129,7 @@ def check_every_class_has_images(train: Split, classes: list[str]) -> None:
     if empty:
         raise UserError(
             f"the 'train' channel's class folder(s) {', '.join(empty)} have no readable "
-            ".jpg/.jpeg/.png images, and a class without images can never be learned. Add "
+            f"{SUFFIXES_SHOWN} images, and a class without images can never be learned. Add "
             "images to them, or remove them.")
 
 

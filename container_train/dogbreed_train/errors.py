@@ -7,6 +7,8 @@ FailureReason, so its first line must say what went wrong and what to do.
 import logging
 import traceback
 
+from dogbreed_contract import ContractError
+
 from . import paths
 from .stopping import Stopped
 
@@ -14,7 +16,11 @@ log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
-    """Bad input (data, hyperparameters, weights): reported without a traceback."""
+    """Bad input (data, hyperparameters, weights): reported without a traceback.
+
+    The contract package's refusals (``ContractError``: a data layout, an image) are
+    reported the same way.
+    """
 
 
 def clear_failure() -> None:
@@ -41,7 +47,7 @@ def failure_reason() -> str:
 
 def report(exc: BaseException) -> int:
     """Log and record a failure; return the process exit code."""
-    if isinstance(exc, UserError):
+    if isinstance(exc, (UserError, ContractError)):
         message = f"UserError: {exc}"
         log.error(message)
         code = 2

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dogbreed_contract import metrics
+from dogbreed_contract.preprocess import Spec, load_eval_array
+
 from . import (
     artifacts,
     checkpoints,
@@ -35,7 +38,6 @@ from . import (
     data,
     debugger,
     distributed,
-    metrics,
     paths,
     profiling,
     recording,
@@ -43,7 +45,6 @@ from . import (
 )
 from .errors import UserError
 from .models import build_model
-from .preprocess import Spec, load_eval_array
 from .stopping import Stopped, StopRequest
 
 log = logging.getLogger("dogbreed_train")

@@ -77,7 +77,7 @@ def test_truncated_image_is_dropped_at_decode_time(sm_base, tmp_path):
     blob = buf.getvalue()
     (root / "train" / CLASSES[1] / "cut.jpg").write_bytes(blob[: len(blob) * 2 // 3])
     _, train, valid, _ = data.discover(0.01, 0, "skip")
-    from dogbreed_train.preprocess import Spec
+    from dogbreed_contract.preprocess import Spec
 
     spec = Spec.for_size(32)
     loader = data.loader(train, data.EvalTransform(spec), 64, False, 0, 0)
@@ -184,7 +184,7 @@ def test_training_batches_never_end_with_a_single_image(batch_size):
 
 
 def test_training_loader_leaves_out_a_lone_decodable_image(sm_base):
-    from dogbreed_train.preprocess import Spec
+    from dogbreed_contract.preprocess import Spec
 
     root = make_dataset(sm_base / "input" / "data", {"train": 1})
     broken = root / "train" / CLASSES[0] / "broken.jpg"

@@ -8,7 +8,7 @@ import torch
 import torchvision.transforms.v2 as T
 from PIL import Image
 
-from dogbreed_train.preprocess import Spec, eval_array, load_eval_array, load_rgb
+from dogbreed_contract.preprocess import Spec, eval_array, load_eval_array, load_rgb
 
 
 def _photo(w=300, h=200):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dogbreed_train import metrics, recording, verdicts
+from dogbreed_contract import metrics
+from dogbreed_train import recording, verdicts
 
 
 def steps(values, epoch=1):

@@ -1,9 +1,10 @@
 """How an image file becomes model input: the single definition for both images.
 
 Training uses ``load_rgb`` for its augmented images and ``load_eval_array`` for
-validation and test; the serving image installs this same file (see
-docker/serve.Dockerfile), so an endpoint sees exactly what evaluation saw. Only Pillow
-and NumPy: no torch.
+validation and test; the serving image's decoding follows the same steps with these
+same functions, so an endpoint sees exactly what evaluation saw. Only Pillow and
+NumPy: no torch. Unreadable images raise ``ImageTooLarge`` or ``UnreadableImage``
+(both ValueErrors).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import ImageTooLarge, UnreadableImage
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Refuse images with more pixels than this before decoding them (decompression bombs).
@@ -23,7 +26,7 @@ MAX_PIXELS = 40_000_000
 
 @dataclass(frozen=True)
 class Spec:
-    """What the model expects; saved in model.json and read back by the server."""
+    """What the model expects; part of the model card (model_card.py)."""
 
     image_size: int = 224
     resize_size: int = 256  # shorter side before the center crop
@@ -44,16 +47,16 @@ class Spec:
 
 
 def open_image(source: bytes | str | Path) -> Image.Image:
-    """Open without decoding; refuses oversized images. Raises ValueError if unreadable."""
+    """Open without decoding; refuses oversized images (ImageTooLarge, UnreadableImage)."""
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
         img = Image.open(fp)
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"image too large: {exc}") from None
+        raise ImageTooLarge(f"image too large: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, struct.error ...
-        raise ValueError(f"not a readable image: {exc}") from None
+        raise UnreadableImage(f"not a readable image: {exc}") from None
     if img.width * img.height > MAX_PIXELS:
-        raise ValueError(f"image too large: {img.width}x{img.height} pixels "
+        raise ImageTooLarge(f"image too large: {img.width}x{img.height} pixels "
                          f"(limit {MAX_PIXELS:,})")
     return img
 
@@ -97,11 +100,11 @@ def load_rgb(source: bytes | str | Path, min_side: int = 0) -> Image.Image:
         img.load()
         return to_rgb(img)
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"image too large: {exc}") from None
+        raise ImageTooLarge(f"image too large: {exc}") from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to callers
-        raise ValueError(f"image data is corrupt or truncated: {exc}") from None
+        raise UnreadableImage(f"image data is corrupt or truncated: {exc}") from None
 
 
 def resize_crop(img: Image.Image, spec: Spec) -> Image.Image:

@@ -1,24 +1,21 @@
-"""The metric log lines, in the one format SageMaker's metric regexes read.
+"""The METRIC log lines, and the regexes SageMaker reads them with.
 
-The regexes live in metric_definitions.json next to this file; the scripts use
-the same file for training and tuning jobs, and the tests check both against
-real log output.
+The training image prints these lines; ``metric_definitions.json`` (next to this
+file) holds the regexes that the scripts hand to training and tuning jobs as metric
+definitions. Both live here so that a line and its regex change together; the
+tests check the regexes against real log output.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-from pathlib import Path
-
-log = logging.getLogger("dogbreed_train.metrics")
-
-DEFINITIONS_FILE = Path(__file__).with_name("metric_definitions.json")
+from importlib.resources import files
 
 
 def definitions() -> list[dict[str, str]]:
-    return json.loads(DEFINITIONS_FILE.read_text())
+    """[{"Name": "valid:accuracy", "Regex": "valid_acc=..."}, ...] as SageMaker takes them."""
+    return json.loads(files(__package__).joinpath("metric_definitions.json").read_text())
 
 
 def _num(value: float) -> str:

@@ -1,0 +1,141 @@
+"""dogbreed_contract on the host: the model card, image types, the channel layout, metric lines.
+
+The same package is installed in both images; these tests pin what each side relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dogbreed_contract import LayoutError, ModelCardError, SchemaVersionError, layout, media
+from dogbreed_contract import metrics as metric_lines
+from dogbreed_contract.model_card import FILE, SCHEMA_VERSION, ModelCard
+from dogbreed_contract.preprocess import Spec
+from malformed import encode, photo
+
+
+def card(**changes) -> ModelCard:
+    values = dict(labels=["Affenpinscher", "Afghan_hound"], spec=Spec.for_size(64),
+                  class_folders=["001.Affenpinscher", "002.Afghan_hound"],
+                  architecture="resnet18", hyperparameters={"lr": 0.001},
+                  metrics={"test_acc": 0.5}, created_by="test")
+    values.update(changes)
+    return ModelCard(**values)
+
+
+def test_model_card_round_trips_through_model_json(tmp_path):
+    written = card()
+    path = written.save(tmp_path)
+    assert path == tmp_path / FILE
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+    assert ModelCard.load(tmp_path) == written
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left over
+
+
+@pytest.mark.parametrize("version,says", [
+    (2, "has schema version 2, but this image reads model cards of schema version 1"),
+    ("1", "has schema version '1', but"),
+    (None, "has no schema version, but"),
+])
+def test_model_card_of_another_schema_version_is_refused(tmp_path, version, says):
+    data = card().to_dict()
+    if version is None:
+        del data["schema_version"]
+    else:
+        data["schema_version"] = version
+    (tmp_path / FILE).write_text(json.dumps(data))
+    with pytest.raises(SchemaVersionError, match=re.escape(says)) as info:
+        ModelCard.load(tmp_path)
+    assert "another release of dogbreed-train" in str(info.value)
+    assert isinstance(info.value, ModelCardError)
+
+
+@pytest.mark.parametrize("text,says", [
+    ("{labels: [", "is not valid JSON (line 1, column 2"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    (json.dumps({**card().to_dict(), "labels": []}), "labels must be a non-empty list"),
+    (json.dumps({k: v for k, v in card().to_dict().items() if k != "preprocess"}),
+     "lacks preprocess"),
+    (json.dumps({**card().to_dict(), "preprocess": {"image_size": 300, "resize_size": 256,
+                                                    "mean": [0, 0, 0], "std": [1, 1, 1]}}),
+     "preprocess has impossible values"),
+])
+def test_broken_model_card_says_what_is_wrong(text, says):
+    with pytest.raises(ModelCardError, match=re.escape(says)) as info:
+        ModelCard.parse(text, where="model.tar.gz")
+    assert str(info.value).startswith("model.tar.gz")
+    assert "train again" in str(info.value)
+
+
+def test_missing_model_card_names_its_path(tmp_path):
+    with pytest.raises(ModelCardError, match=re.escape(f"{tmp_path / FILE} is missing")):
+        ModelCard.load(tmp_path)
+
+
+@pytest.mark.parametrize("fmt,kind", [("JPEG", "image/jpeg"), ("PNG", "image/png")])
+def test_content_type_comes_from_the_bytes_before_the_suffix(tmp_path, fmt, kind):
+    body = encode(photo(32, 24), fmt)
+    assert media.sniff(body) == fmt
+    assert media.content_type_for(tmp_path / "misnamed.jpg", body[:16]) == kind
+    assert media.content_type_for(tmp_path / "x.PNG") == "image/png"
+    assert media.content_type_for(tmp_path / "x.gif", b"GIF89a") is None
+
+
+def test_nginx_pattern_accepts_exactly_the_accepted_types():
+    """nginx's map uses PCRE; Python's re reads the same pattern once (?<name> is (?P<name>."""
+    pattern = media.nginx_type_pattern()
+    assert pattern.startswith("~*")
+    regex = re.compile(pattern[2:].replace("(?<type>", "(?P<type>"), re.IGNORECASE)
+    for kind in media.ACCEPTED_TYPES:
+        for header in (kind, kind.upper(), f" {kind} ; charset=binary"):
+            assert regex.match(header).group("type").lower() == kind
+    for header in ("text/plain", "image/gif", "image/jpegx", "multipart/form-data",
+                   "application/json", ""):
+        assert regex.match(header) is None, header
+
+
+def make_channel(root, classes: dict[str, list[str]]):
+    for folder, files in classes.items():
+        (root / folder).mkdir(parents=True)
+        for name in files:
+            (root / folder / name).write_bytes(b"x")
+    return root
+
+
+def test_layout_ignores_hidden_folders_macosx_and_other_suffixes(tmp_path):
+    root = make_channel(tmp_path / "train", {
+        "001.Red": ["a.jpg", "b.PNG", "notes.txt", ".DS_Store"], "002.Blue": ["c.jpeg"],
+        ".git": ["d.jpg"], "__MACOSX": ["e.jpg"], "003.Empty": ["f.gif"]})
+    (root / "loose.jpg").write_bytes(b"x")
+    assert layout.class_folders(root) == ["001.Red", "002.Blue", "003.Empty"]
+    assert [p.name for p in layout.image_files(root / "001.Red")] == ["a.jpg", "b.PNG"]
+    assert layout.empty_classes(root, layout.class_folders(root)) == ["003.Empty"]
+    assert layout.loose_files(root) == ["loose.jpg"]
+    assert layout.label_name("001.Red") == "Red" and layout.label_name("Blue") == "Blue"
+    assert layout.unknown_classes(["001.Red", "009.Green"], ["001.Red", "002.Blue"]) == [
+        "009.Green"]
+
+
+@pytest.mark.parametrize("classes,says", [
+    ([], "has no class folders"),
+    (["001.Red"], "has only one class (001.Red)"),
+    (["001.Red", "002.Red", "003.Blue"], "001.Red and 002.Red give the same label ('Red')"),
+])
+def test_train_classes_that_would_make_a_wrong_model_are_refused(classes, says):
+    with pytest.raises(LayoutError, match=re.escape(says)):
+        layout.check_train_classes(classes)
+
+
+def test_metric_lines_are_read_by_their_own_definitions():
+    defs = {d["Name"]: re.compile(d["Regex"]) for d in metric_lines.definitions()}
+    line = metric_lines.epoch_line(3, 10, {"loss": 1.25, "acc": 0.5},
+                                   {"loss": float("nan"), "acc": 0.625}, 1e-3, 12.3)
+    assert defs["train:loss"].search(line).group(1) == "1.2500"
+    assert defs["valid:accuracy"].search(line).group(1) == "0.6250"
+    assert defs["epoch"].search(line).group(1) == "3"
+    assert defs["valid:loss"].search(line) is None  # nan is shown, never parsed
+    test = metric_lines.test_line({"loss": 0.75, "acc": 0.875})
+    assert defs["test:accuracy"].search(test).group(1) == "0.8750"
