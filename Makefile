@@ -30,7 +30,7 @@ serve-image-gpu: docker ## the serving image with onnxruntime-gpu (dogbreed-serv
 		--build-arg VARIANT=gpu
 
 # The project's own packages go in editable (no dependencies: the lock has them all).
-HOST_PACKAGES := contract container_serve
+HOST_PACKAGES := contract container_serve scripts
 $(VENV)/.done: tests/requirements.lock $(foreach p,$(HOST_PACKAGES),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --no-deps --require-hashes -r tests/requirements.lock

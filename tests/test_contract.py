@@ -14,7 +14,7 @@ from dogbreed_contract import LayoutError, ModelCardError, SchemaVersionError, l
 from dogbreed_contract import metrics as metric_lines
 from dogbreed_contract.model_card import FILE, SCHEMA_VERSION, ModelCard
 from dogbreed_contract.preprocess import Spec
-from malformed import encode, photo
+from dogbreed_scripts.malformed import encode, photo
 
 
 def card(**changes) -> ModelCard:

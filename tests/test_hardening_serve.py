@@ -9,7 +9,6 @@ The longer soak is a command: `scripts/soak.py --help`.
 from __future__ import annotations
 
 import re
-import sys
 import time
 
 import pytest
@@ -17,13 +16,13 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import malformed
-from conftest import ROOT, docker
+from conftest import docker
+from dogbreed_scripts import (
+    malformed,
+    soak,  # the same code as the scripts/soak.py command
+)
 from serving import Server
 from test_decoding_fuzz import images, mutated
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import soak  # noqa: E402  (scripts/soak.py: the same code as the command)
 
 MEMORY_LIMIT = "1536m"
 CASES = malformed.cases()

@@ -1,18 +1,14 @@
-"""scripts/job_report.py: a job's output archive, unpacked and summarized."""
+"""dogbreed_scripts/job_report.py: a job's output archive, unpacked and summarized."""
 
 from __future__ import annotations
 
 import io
 import json
-import sys
 import tarfile
 
 import pytest
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import job_report  # noqa: E402
+from dogbreed_scripts import job_report
 
 RULES = [{"rule": "Overfit", "status": "IssuesFound", "first": {"epoch": 2, "step": None},
           "reason": "validation loss 2.0 exceeds training loss 1.0 by 100%"},

@@ -217,9 +217,7 @@ def test_bad_input_is_one_line_before_any_trial_starts(data, env, tmp_path, args
 
 
 def test_each_trial_gets_one_gpu_or_its_share_of_the_cores():
-    sys.path.insert(0, str(SCRIPTS))
-    import local_trial
-    import local_tuning
+    from dogbreed_scripts import local_trial, local_tuning
 
     assert local_tuning.default_parallelism(["0", "1"], 16) == 2  # one trial per GPU
     assert local_tuning.default_parallelism([], 16) == 4

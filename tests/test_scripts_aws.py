@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import threading
 import zipfile
 from functools import partial
@@ -25,20 +24,18 @@ from aws_stand_in import (
     ECR,
     REGION,
     ROLE,
-    SCRIPTS,
     explain,
     put_images,
     run_script,
     script_env,
 )
 
+from dogbreed_contract import metrics as contract_metrics
+from dogbreed_scripts import settings
+from dogbreed_scripts import tune as tune_script
 from synthetic import make_dataset
 
-sys.path.insert(0, str(SCRIPTS))
-import settings  # noqa: E402
-import tune as tune_script  # noqa: E402
-
-METRIC_DEFS = json.loads(settings.METRIC_DEFINITIONS.read_text())
+METRIC_DEFS = contract_metrics.definitions()
 STEPS = ["push", "data", "tune", "train", "deploy", "invoke", "cleanup"]
 
 
@@ -353,7 +350,7 @@ def trial(name, status, value, created, **tuned):
 def test_tuning_report_table_best_json_and_plot(aws, tmp_path):
     """The report of a tuning job moto stored; trials shaped as the API returns them
     (moto does not implement ListTrainingJobsForHyperParameterTuningJob)."""
-    import tuning_report
+    from dogbreed_scripts import tuning_report
 
     aws.run("tune", "--detach", "--static", "pretrained=true", "--range", "eps=off",
             "--range", "weight-decay=off", "--range", "epochs=off")
@@ -512,7 +509,7 @@ def test_train_rejects_bad_input_before_creating_a_job(aws, args, message):
 
 
 def test_train_summary_names_rules_metrics_and_reports():
-    import train as train_script
+    from dogbreed_scripts import train as train_script
 
     text = train_script.summary({
         "TrainingJobName": "j1", "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",

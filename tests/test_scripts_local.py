@@ -5,7 +5,6 @@ mode path (train, deploy, invoke with raw bytes, cleanup) end to end, no AWS acc
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,14 +12,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from aws_stand_in import SCRIPTS, explain, run_script, script_env
+from aws_stand_in import explain, run_script, script_env
 
 from conftest import TINY_HPS, docker
+from dogbreed_scripts import cleanup as cleanup_script
 from serving import Server
 from synthetic import CLASSES, make_dataset
-
-sys.path.insert(0, str(SCRIPTS))
-import cleanup as cleanup_script  # noqa: E402
 
 LABELS = {c.split(".", 1)[1] for c in CLASSES}
 

@@ -130,7 +130,7 @@ def test_management_api_answers_only_inside(canary_server):
 
 
 def test_no_credentials_or_internals_in_logs_or_answers(canary_server):
-    from malformed import cases, good_inputs
+    from dogbreed_scripts.malformed import cases, good_inputs
 
     answers = []
     with requests.Session() as session:

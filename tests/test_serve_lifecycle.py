@@ -15,8 +15,8 @@ import uuid
 import pytest
 import requests
 
-import malformed
 from conftest import docker
+from dogbreed_scripts import malformed
 from serving import Server
 
 GOOD = malformed.good_inputs()[0]  # (name, bytes, content type)

@@ -10,8 +10,8 @@ Each setting is looked up in that order and the first one given wins:
 
 It also turns the usual AWS mistakes (no credentials, no region, no role, an API
 error) into one readable line and a non-zero exit code, instead of a stack trace,
-and keeps a small state file (``WORKDIR/state.json``) so that each step can find
-what the one before it made (data location, best hyperparameters, model, endpoint).
+The state file that steps share is state.py's; a command's settings, state and AWS
+session come together in context.py.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from dogbreed_contract import metrics as contract_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (an editable install)
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
 
 
@@ -173,7 +173,7 @@ def require(settings: Settings, *names: str) -> None:
                 "the config file (dogbreed.toml)")
 
 
-def boto_session(settings: Settings, need_credentials: bool = True):
+def boto_session(settings: Settings):
     """A boto3 session for the configured region/profile, checked before any call."""
     import boto3
     import botocore.exceptions
@@ -185,7 +185,7 @@ def boto_session(settings: Settings, need_credentials: bool = True):
         raise ConfigError(f"{exc}: check --profile / $AWS_PROFILE") from None
     if not session.region_name:
         require(settings, "region")
-    if need_credentials and session.get_credentials() is None:
+    if session.get_credentials() is None:
         raise ConfigError(
             "no AWS credentials found: run `aws configure` (or `aws sso login`), set "
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or choose a profile with "
@@ -198,25 +198,7 @@ def account_id(session) -> str:
     return session.client("sts").get_caller_identity()["Account"]
 
 
-def registry(settings: Settings, session) -> str:
-    return settings.registry or (
-        f"{account_id(session)}.dkr.ecr.{session.region_name}.amazonaws.com")
-
-
 ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
-
-
-def image_uri(settings: Settings, session, which: str, explicit: str | None = None) -> str:
-    """The registry URI of the training ('train') or serving ('serve') image:
-    --image-uri, else what push.py pushed (unless registry, repository or tag are
-    set), else REGISTRY/REPOSITORY:TAG from the settings."""
-    if explicit:
-        return check_image_uri(explicit)
-    pushed = load_state(settings).get(f"{which}_image_uri")
-    if pushed and not settings.given & {"registry", f"{which}_repository", "tag"}:
-        return pushed
-    repo = settings[f"{which}_repository"]
-    return f"{registry(settings, session)}/{repo}:{settings.tag}"
 
 
 def check_image_uri(uri: str) -> str:
@@ -265,30 +247,6 @@ def metric_definitions(path: Path | None = None) -> list[dict[str, str]]:
     if path is None:
         return contract_metrics.definitions()
     return json.loads(Path(path).read_text())
-
-
-# --- state shared between steps --------------------------------------------------
-
-def load_state(settings: Settings) -> dict[str, Any]:
-    path = settings.state_file
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def save_state(settings: Settings, **values: Any) -> None:
-    path = settings.state_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = load_state(settings)
-    state.update(values)
-    path.write_text(json.dumps(state, indent=2, default=str) + "\n")
-
-
-def channels(settings: Settings, data: str | None) -> dict[str, str]:
-    """Training channels: --data PREFIX, else what data.py uploaded, else PREFIX/data."""
-    state = load_state(settings)
-    if not data and state.get("channels"):
-        return state["channels"]
-    data = (data or settings.s3("data")).rstrip("/")
-    return {c: f"{data}/{c}" for c in ("train", "valid", "test")}
 
 
 def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, str]:

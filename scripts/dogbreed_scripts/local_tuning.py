@@ -26,12 +26,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 
-import local_trial
 import optuna
-import settings
-import tuning_report
 from optuna.trial import TrialState
-from settings import ConfigError
+
+from dogbreed_scripts import local_trial, settings, tuning_report
+from dogbreed_scripts.context import Context
+from dogbreed_scripts.settings import ConfigError
 
 # SageMaker's scaling names for the report's ParameterRanges.
 SCALING_TYPE = {"Logarithmic": "Logarithmic", "ReverseLogarithmic": "ReverseLogarithmic",
@@ -71,7 +71,7 @@ def new_plan(args: argparse.Namespace, cfg, ranges: dict[str, tuple[str, list]],
              static: dict[str, str]) -> dict:
     """Check the whole request on this host, then with the image's own rules: one
     readable line (ConfigError) before any trial container starts."""
-    import data as data_step
+    from dogbreed_scripts import data as data_step
 
     if not args.data:
         raise ConfigError("--local needs --data DIR (a folder with train/ valid/ test/)")
@@ -395,8 +395,10 @@ def hold(job_dir: Path):
     return handle
 
 
-def main(args: argparse.Namespace, cfg, ranges: dict | None, static: dict[str, str]) -> int:
-    workdir = Path(cfg.workdir).resolve()
+def main(ctx: Context, ranges: dict | None, static: dict[str, str]) -> int:
+    """tune.py --local: a new search over `ranges`, or --resume of a stopped one."""
+    args, cfg = ctx.args, ctx.settings
+    workdir = ctx.workdir.resolve()
     if args.resume:
         job, plan = args.resume, None
         job_dir = workdir / "tuning" / job
@@ -410,7 +412,7 @@ def main(args: argparse.Namespace, cfg, ranges: dict | None, static: dict[str, s
     lock = hold(job_dir)
     try:
         study, plan = open_study(job, job_dir, plan)
-        settings.save_state(cfg, tuning_job=job)
+        ctx.save(tuning_job=job)
         left = local_trial.remove_job_containers(str(job_dir))
         if args.resume:
             again = requeue_interrupted(study)
@@ -438,7 +440,7 @@ def main(args: argparse.Namespace, cfg, ranges: dict | None, static: dict[str, s
         result = report(study, job, job_dir, plan, "Completed")
     finally:
         lock.close()
-    settings.save_state(cfg, tuning_job=job, **(
+    ctx.save(tuning_job=job, **(
         {"best_hyperparameters": result["best"]} if "best" in result else {}))
     if "best" in result:
         print(f"\nwrote {result['best']}, {result['csv']}, {result.get('plot')}")
