@@ -26,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
-import local_trial  # noqa: E402
+# photo.py sits beside this file, on sys.path as the script's folder.
+from photo import photo_dataset
 
-from synthetic import make_dataset  # noqa: E402
+from dogbreed_scripts import local_trial
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STATIC = {"model": "resnet18", "pretrained": "false", "image-size": "32", "workers": "0",
           "test-batch-size": "16", "batch-size": "8"}
@@ -91,8 +92,8 @@ def main() -> int:
     cpus = float(os.cpu_count() or 1)  # one trial at a time gets every core
     rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-local-tuning-") as tmp:
-        data = make_dataset(Path(tmp) / "dogImages", {"train": 8, "valid": 2, "test": 2},
-                            size=32)
+        data = photo_dataset(Path(tmp) / "dogImages", {"train": 8, "valid": 2, "test": 2},
+                             size=32)
         for r in range(args.rounds):
             work = Path(tmp) / f"round-{r}"
             rows = None

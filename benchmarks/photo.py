@@ -1,4 +1,4 @@
-"""The JPEG the serving benchmark sends, and photo-like JPEGs for the training benchmark."""
+"""The JPEG the serving benchmark sends, and photo-like JPEGs for the training benchmarks."""
 from __future__ import annotations
 
 import io
@@ -20,6 +20,20 @@ def photo_like(rng: np.random.Generator, size=(500, 375)) -> Image.Image:
     img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
     arr = np.asarray(img, np.float32) + rng.normal(0, 6, (h, w, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def photo_dataset(root: Path, per_split: dict[str, int], size: int = 32,
+                  classes: int = 3, seed: int = 0) -> Path:
+    """root/<split>/<NNN.Class_N>/<i>.jpg of photo-like JPEGs: the channel layout the
+    training image reads, for benchmarks that time the machinery, not the learning."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_split.items():
+        for label in range(classes):
+            folder = root / split / f"{label + 1:03d}.Class_{label + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                photo_like(rng, (size, size)).save(folder / f"{i:03d}.jpg", quality=90)
+    return root
 
 
 def request_image(path: Path | None, cache: Path) -> tuple[bytes, str]:

@@ -33,13 +33,11 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+# The benchmarks' own modules sit beside this file, on sys.path as the script's folder.
+import report
+from photo import request_image
 
-from benchmarks import report  # noqa: E402
-from benchmarks.photo import request_image  # noqa: E402
-from benchmarks.serving import (  # noqa: E402
+from serving import (
     Container,
     Probe,
     check_answer,
@@ -49,6 +47,9 @@ from benchmarks.serving import (  # noqa: E402
     one_request,
     percentile,
 )
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 GOALS = {
     "latency_ratio_max": 1.15,      # e2e p50 @c1 / bare batch-1 forward p50

@@ -37,15 +37,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# photo.py sits beside this file (in the image: /bench), on sys.path as the script's folder.
+from photo import photo_like
 from PIL import Image
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo import photo_like  # noqa: E402
-
-from dogbreed_contract.preprocess import Spec  # noqa: E402
-from dogbreed_train import data  # noqa: E402
-from dogbreed_train.models import build_model  # noqa: E402
+from dogbreed_contract.preprocess import Spec
+from dogbreed_train import data
+from dogbreed_train.models import build_model
 
 
 def make_jpegs(root: Path, count: int, classes: int, size=(500, 375), seed: int = 0,

@@ -24,11 +24,12 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+# The benchmarks' own modules sit beside this file, on sys.path as the script's folder.
+from photo import request_image
 
-from benchmarks.photo import request_image  # noqa: E402
-from benchmarks.serving import Container, Probe, load, one_request  # noqa: E402
+from serving import Container, Probe, load, one_request
+
+HERE = Path(__file__).resolve().parent
 
 # NAME[@IMAGE[:TAG]]:ENV -- a tag has no '=' or ',', which tells it from the environment.
 CONFIG = re.compile(r"^(?P<name>[^@:]+)(@(?P<image>[^:]+(:[^:=,]+)?))?:(?P<env>.*)$")

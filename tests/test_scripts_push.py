@@ -175,3 +175,15 @@ def test_push_to_another_registry_without_ecr(registry, moto_server, tiny_image,
     [job] = moto_server.calls("CreateTrainingJob")
     assert job["AlgorithmSpecification"]["TrainingImage"] == f"{registry}/team/trainer:no-ecr"
 
+    # Another tag, and an image push.py did not push: still that registry, not ECR.
+    assert json.loads((tmp_path / "work" / "state.json").read_text())["registry"] == registry
+    proc = run_script("train", "--detach", "--job-name", "dogbreed-train-other-tag",
+                      "--tag", "v9", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    job = moto_server.calls("CreateTrainingJob")[-1]
+    assert job["AlgorithmSpecification"]["TrainingImage"] == f"{registry}/dogbreed-train:v9"
+    proc = run_script("deploy", "--model-data", "s3://b/model.tar.gz", "--endpoint-name",
+                      "dogbreed-other-registry", "--poll", "1", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    [model] = moto_server.calls("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == f"{registry}/dogbreed-serve:latest"

@@ -3,12 +3,7 @@
 `make unit-test` mounts tests/ and a pure-Python pytest into the image.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ for synthetic.py
 
 
 @pytest.fixture
