@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ["001.Red_stripes", "002.Green_bars", "003.Blue_checks"]
+LABELS = [c.split(".", 1)[1] for c in CLASSES]  # what a model trained on them predicts
 
 
 def make_image(label: int, rng: np.random.Generator, size: int = 64) -> Image.Image:

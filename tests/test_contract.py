@@ -9,12 +9,12 @@ import json
 import re
 
 import pytest
+from images import encode, photo
 
 from dogbreed_contract import LayoutError, ModelCardError, SchemaVersionError, layout, media
 from dogbreed_contract import metrics as metric_lines
 from dogbreed_contract.model_card import FILE, SCHEMA_VERSION, ModelCard
 from dogbreed_contract.preprocess import Spec
-from dogbreed_scripts.malformed import encode, photo
 
 
 def card(**changes) -> ModelCard:

@@ -13,16 +13,16 @@ import time
 
 import pytest
 import requests
+from containers import Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from images import images, mutated
 
 from conftest import docker
 from dogbreed_scripts import (
     malformed,
     soak,  # the same code as the scripts/soak.py command
 )
-from serving import Server
-from test_decoding_fuzz import images, mutated
 
 MEMORY_LIMIT = "1536m"
 CASES = malformed.cases()
@@ -31,31 +31,10 @@ LEAK = re.compile(r"Traceback|/opt/|/tmp/|site-packages|\.py\b|0x[0-9a-f]{6,}|"
                   r"Exception|java|netty|PIL|Pillow|onnx|nginx/|\d+\.\d+\.\d+")
 
 
-class LimitedServer(Server):
-    """tests/serving.py's Server, with extra `docker run` options."""
-
-    def __init__(self, image, model_dir, docker_args=(), env=()):
-        import uuid
-
-        self.name = f"dogbreed-serve-hardening-{uuid.uuid4().hex[:8]}"
-        args = ["run", "-d", "--name", self.name, "-p", "127.0.0.1:0:8080",
-                "-v", f"{model_dir}:/opt/ml/model:ro", *docker_args]
-        for item in env:
-            args += ["-e", item]
-        self.id = docker(*args, image, "serve").stdout.strip()
-        port = docker("port", self.id, "8080").stdout.splitlines()[0].rsplit(":", 1)[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def state(self) -> dict:
-        out = docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.State.OOMKilled}}",
-                     self.id).stdout.split()
-        return {"status": out[0], "exit_code": int(out[1]), "oom_killed": out[2] == "true"}
-
-
 @pytest.fixture(scope="module")
 def server(serve_image, trained_model):
-    srv = LimitedServer(serve_image, trained_model.root / "model",
-                        docker_args=["--memory", MEMORY_LIMIT])
+    srv = Server(serve_image, trained_model.root / "model",
+                 docker_args=["--memory", MEMORY_LIMIT], name_prefix="dogbreed-serve-hardening")
     try:
         srv.wait_ready()
         srv.first_workers = soak.workers(srv.id)
@@ -260,8 +239,8 @@ def test_container_exits_when_mms_cannot_recover(serve_image, trained_model):
     """Kill every worker process (the forked child and its parent): MMS cannot start a
     new one and its /ping still answers 200, so serve exits and SageMaker replaces the
     container, instead of an endpoint that hangs every request while counted healthy."""
-    srv = LimitedServer(serve_image, trained_model.root / "model",
-                        env=["DOGBREED_UNHEALTHY_EXIT_S=5"])
+    srv = Server(serve_image, trained_model.root / "model", "DOGBREED_UNHEALTHY_EXIT_S=5",
+                 name_prefix="dogbreed-serve-hardening")
     try:
         srv.wait_ready()
         assert soak.kill_workers(srv.id, "all")

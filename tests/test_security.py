@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from containers import Server, listening_sockets
 
 from conftest import ROOT, SERVE_IMAGE, TRAIN_IMAGE, docker, require_image
-from serving import Server
 
 # Things that must never be baked into an image or printed by a container.
 SECRET = re.compile(
@@ -65,26 +65,6 @@ def test_image_has_no_credential_files(image):
     out = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
                  probe + " true").stdout.split()
     assert not out, out
-
-
-def listening_sockets(container: str) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket in LISTEN state inside the container."""
-    rows = []
-    for table in ("tcp", "tcp6"):
-        text = docker("exec", container, "cat", f"/proc/net/{table}", check=False).stdout
-        for line in text.splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state != "0A":  # LISTEN
-                continue
-            addr_hex, port_hex = local.split(":")
-            if len(addr_hex) == 8:
-                addr = socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr_hex)[::-1])
-            else:
-                raw = bytes.fromhex(addr_hex)
-                addr = socket.inet_ntop(socket.AF_INET6, b"".join(
-                    raw[i:i + 4][::-1] for i in range(0, 16, 4)))
-            rows.append((addr, int(port_hex, 16)))
-    return rows
 
 
 @pytest.fixture(scope="module")

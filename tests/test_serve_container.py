@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 import requests
+from containers import Server, listening_sockets
+from images import encode, photo, png_with_size
 from PIL import Image
 
-from serving import Server
+from synthetic import LABELS
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +23,6 @@ def server(serve_image, trained_model):
         yield srv
     finally:
         srv.stop()
-
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def photo(w=96, h=72, seed=0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
-
-
-LABELS = ["Red_stripes", "Green_bars", "Blue_checks"]
 
 
 def check_prediction(resp, k=3):
@@ -130,16 +115,6 @@ def test_endpoint_agrees_with_training_evaluation(server, trained_model):
         top = server.invoke(path.read_bytes(), ctype).json()["predictions"][0]
         assert top["label"] == row["predicted"], row
         assert top["probability"] == pytest.approx(row["probability"], abs=1e-4), row
-
-
-def png_with_size(width: int, height: int) -> bytes:
-    """A valid PNG header claiming huge dimensions, with a tiny compressed body."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    raw = zlib.compress(b"\0" * 1000)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 GOOD = encode(photo(), "JPEG")
@@ -306,8 +281,6 @@ def test_json_log_format_is_one_object_per_line(variant_server):
 
 
 def test_internal_ports_lie_in_the_safe_port_range(variant_server):
-    from test_security import listening_sockets
-
     sockets = listening_sockets(variant_server.id)
     internal = sorted({port for addr, port in sockets if port != 8080})
     assert len(internal) >= 2, sockets  # MMS inference and management
@@ -316,15 +289,9 @@ def test_internal_ports_lie_in_the_safe_port_range(variant_server):
 
 def test_bind_to_port_and_top_k_default(serve_image, trained_model):
     """SAGEMAKER_BIND_TO_PORT moves the public port; DOGBREED_TOP_K sets the default k."""
-    from conftest import docker
 
-    srv = Server.__new__(Server)
-    srv.id = docker("run", "-d", "-p", "127.0.0.1:0:9090", "-e", "SAGEMAKER_BIND_TO_PORT=9090",
-                    "-e", "DOGBREED_TOP_K=2", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2",
-                    "-v", f"{trained_model.root / 'model'}:/opt/ml/model:ro",
-                    serve_image, "serve").stdout.strip()
-    port = docker("port", srv.id, "9090").stdout.splitlines()[0].rsplit(":", 1)[1]
-    srv.url = f"http://127.0.0.1:{port}"
+    srv = Server(serve_image, trained_model.root / "model", "SAGEMAKER_BIND_TO_PORT=9090",
+                 "DOGBREED_TOP_K=2", "SAGEMAKER_MODEL_SERVER_WORKERS=2", port=9090)
     try:
         srv.wait_ready()
         check_prediction(srv.invoke(GOOD), k=2)

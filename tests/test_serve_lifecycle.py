@@ -14,10 +14,10 @@ import uuid
 
 import pytest
 import requests
+from containers import Server, published_port
 
 from conftest import docker
 from dogbreed_scripts import malformed
-from serving import Server
 
 GOOD = malformed.good_inputs()[0]  # (name, bytes, content type)
 
@@ -109,8 +109,7 @@ def test_restarted_container_serves_again(serve_image, trained_model):
     srv = Server(serve_image, trained_model.root / "model")
 
     def republished():  # a new start publishes on a new host port
-        port = docker("port", srv.id, "8080").stdout.splitlines()[0].rsplit(":", 1)[1]
-        srv.url = f"http://127.0.0.1:{port}"
+        srv.url = f"http://127.0.0.1:{published_port(srv.id)}"
     try:
         srv.wait_ready()
         docker("restart", "-t", "30", srv.id)
@@ -227,8 +226,7 @@ def test_read_only_root_serves_from_dev_shm(serve_image, trained_model):
     srv = Server.__new__(Server)
     srv.id = run_serve(serve_image, trained_model.root / "model", "--read-only",
                        "-p", "127.0.0.1:0:8080")
-    port = docker("port", srv.id, "8080").stdout.splitlines()[0].rsplit(":", 1)[1]
-    srv.url = f"http://127.0.0.1:{port}"
+    srv.url = f"http://127.0.0.1:{published_port(srv.id)}"
     try:
         srv.wait_ready()
         assert srv.invoke(GOOD[1], GOOD[2]).status_code == 200

@@ -17,19 +17,12 @@ import shutil
 import time
 
 import pytest
+from containers import ONE_MATH_THREAD, detached
 from PIL import Image
-from test_train_resilience import (
-    HPS,
-    LABELS,
-    SAVED,
-    THREADS,
-    assert_valid_model,
-    detached,
-    epochs_trained,
-    failure_of,
-)
+from train_checks import HPS, SAVED, assert_valid_model, epochs_trained, failure_of
 
 from conftest import docker, opt_ml, run_train
+from synthetic import LABELS
 
 DATA = {"train": 6, "valid": 2, "test": 2}
 # A job far too long to finish while a test stops it.
@@ -112,7 +105,7 @@ def test_sigterm_after_training_stops_and_the_rerun_finishes(train_image, tmp_pa
     assert "Run the job again to finish it" in failure
     assert not (root / "model" / "model.json").exists()
 
-    again = run_train(train_image, root, *THREADS)
+    again = run_train(train_image, root, *ONE_MATH_THREAD)
     assert again.rc == 0, again.log[-3000:]
     assert epochs_trained(again.log) == [] and again.failure is None
     assert_valid_model(root, 32)
@@ -129,7 +122,7 @@ def test_last_batch_of_one_image_trains(train_image, tmp_path):
     root = opt_ml(tmp_path, {**HPS, "epochs": "1", "max-steps-per-epoch": "0"},
                   {"train": 8, "valid": 2})
     add_image(root / "input" / "data" / "train" / "001.Red_stripes", "extra.png")
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert run.rc == 0, run.failure or run.log[-3000:]
     record = json.loads((root / "output" / "data" / "metrics.json").read_text())
     assert record["history"][0]["train_images"] == 25  # every image, none dropped
@@ -145,7 +138,7 @@ def test_folders_and_files_that_are_not_classes_or_images(train_image, tmp_path)
     (train / "002.Green_bars" / "._000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     for name in ("a.webp", "b.bmp", "c.gif", "d.tif"):
         add_image(train / "003.Blue_checks", name)
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert run.rc == 0, run.failure or run.log[-3000:]
     assert "train: folder(s) .Trashes, __MACOSX are not classes: ignored" in run.log
     assert ("train: 4 file(s) not read, as they are not .jpg/.jpeg/.png (1 .bmp, 1 .gif, "
@@ -168,7 +161,7 @@ def assert_refused(run, *fragments: str) -> str:
 def test_empty_class_folder_is_refused(train_image, tmp_path):
     root = opt_ml(tmp_path, HPS, DATA)
     (root / "input" / "data" / "train" / "004.Empty").mkdir()
-    assert_refused(run_train(train_image, root, *THREADS),
+    assert_refused(run_train(train_image, root, *ONE_MATH_THREAD),
                    "class folder(s) 004.Empty have no readable .jpg/.jpeg/.png images")
 
 
@@ -176,7 +169,7 @@ def test_folders_with_the_same_label_are_refused(train_image, tmp_path):
     root = opt_ml(tmp_path, HPS, DATA)
     train = root / "input" / "data" / "train"
     shutil.copytree(train / "001.Red_stripes", train / "004.Red_stripes")
-    assert_refused(run_train(train_image, root, *THREADS),
+    assert_refused(run_train(train_image, root, *ONE_MATH_THREAD),
                    "001.Red_stripes and 004.Red_stripes give the same label ('Red_stripes')")
 
 
@@ -187,7 +180,7 @@ def test_json_quoted_hyperparameters_are_accepted(train_image, tmp_path):
     quoted = {key: json.dumps(value) for key, value in {**HPS, "epochs": "1"}.items()}
     assert quoted["batch-size"] == '"8"' and quoted["model"] == '"resnet18"'
     root = opt_ml(tmp_path, quoted, DATA)
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert run.rc == 0, run.failure or run.log[-3000:]
     meta = json.loads((root / "model" / "model.json").read_text())
     assert meta["architecture"] == "resnet18"
@@ -201,7 +194,7 @@ def test_pipe_mode_is_refused(train_image, tmp_path):
         {c: {"TrainingInputMode": "Pipe"} for c in DATA}))
     for channel in DATA:  # what SageMaker mounts for Pipe mode: no folders
         shutil.rmtree(root / "input" / "data" / channel)
-    first = assert_refused(run_train(train_image, root, *THREADS))
+    first = assert_refused(run_train(train_image, root, *ONE_MATH_THREAD))
     assert first.startswith("UserError: Pipe mode is not supported: use File or FastFile"), first
 
 
@@ -214,6 +207,6 @@ def test_pipe_mode_is_refused(train_image, tmp_path):
 def test_unreadable_hyperparameters_file_is_one_line(train_image, tmp_path, text, message):
     root = opt_ml(tmp_path, None, per_class={"train": 2})
     (root / "input" / "config" / "hyperparameters.json").write_text(text)
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     first = assert_refused(run, f"/opt/ml/input/config/{message}")
     assert run.failure.strip() == first  # one line, nothing after it

@@ -12,7 +12,6 @@ Kept small for 2 CPU cores: ResNet-18 from scratch at 32 px on a few images.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,137 +20,25 @@ import uuid
 from pathlib import Path
 
 import pytest
+from containers import ONE_MATH_THREAD, detached
+from train_checks import (
+    HPS,
+    SAVED,
+    assert_complete_history,
+    assert_valid_model,
+    epochs_trained,
+    failure_of,
+)
 
 from conftest import docker, opt_ml, run_train
 
-LABELS = ["Red_stripes", "Green_bars", "Blue_checks"]
-HPS = {"model": "resnet18", "pretrained": "false", "epochs": "2", "batch-size": "8",
-       "test-batch-size": "16", "image-size": "32", "lr": "0.003", "workers": "0",
-       "max-steps-per-epoch": "2"}
 DATA = {"train": 6, "valid": 2, "test": 2}
 # For the kill tests: enough short epochs that a signal sent once the first
 # checkpoint is logged lands while a later epoch trains, on a busy machine (an
 # epoch of several seconds) as on an idle one (under a second).
 KILL_EPOCHS = 6
 KILL_HPS = {**HPS, "epochs": str(KILL_EPOCHS), "batch-size": "6", "max-steps-per-epoch": "3"}
-SAVED = re.compile(r"checkpoint saved to (\S+) \(resumes at epoch (\d+)(?:, step (\d+))?\)")
 RESUMED = re.compile(r"resuming from checkpoint (\S+) at epoch (\d+)(?:, step (\d+))?")
-METRIC_EPOCH = re.compile(r"METRIC epoch=(\d+)/(\d+)")
-# One math thread: on 2 shared, busy cores two OpenMP threads made each tiny step
-# 3-7 s instead of 0.5 s. It changes only speed, not what is tested.
-THREADS = ("-e", "OMP_NUM_THREADS=1")
-
-
-# ---------------------------------------------------------------- helpers
-
-class Detached:
-    """`docker run -d` with run_train's arguments, so a test can signal it mid-run."""
-
-    def __init__(self, image: str, root: Path, *extra: str):
-        self.name = f"dogbreed-resil-{uuid.uuid4().hex[:8]}"
-        self.id = docker("run", "-d", "--name", self.name, "--network", "none",
-                         "--hostname", "algo-1", "-v", f"{root}:/opt/ml", *THREADS, *extra, image,
-                         "train").stdout.strip()
-
-    def logs(self) -> str:
-        proc = docker("logs", self.id, check=False)
-        return proc.stdout + proc.stderr
-
-    def running(self) -> bool:
-        out = docker("inspect", "-f", "{{.State.Running}}", self.id, check=False).stdout
-        return out.strip() == "true"
-
-    def wait_for_log(self, pattern: re.Pattern, timeout: float = 240) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.logs()
-            found = pattern.search(log)
-            if found:
-                return found
-            if not self.running():
-                pytest.fail(f"container ended before {pattern.pattern!r}:\n{log[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {pattern.pattern!r} within {timeout}s:\n{log[-3000:]}")
-            time.sleep(0.25)
-
-    def wait(self, timeout: float = 180) -> int:
-        return int(docker("wait", self.id, timeout=timeout).stdout.strip())
-
-    def remove(self) -> None:
-        docker("rm", "-f", self.id, check=False)
-
-
-@contextlib.contextmanager
-def detached(image: str, root: Path, *extra: str):
-    run = Detached(image, root, *extra)
-    try:
-        yield run
-    finally:
-        run.remove()
-
-
-def onnx_top_level(data: bytes) -> dict[int, list]:
-    """The top-level fields of an ONNX ModelProto, read from the protobuf wire format."""
-    fields: dict[int, list] = {}
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    while pos < len(data):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            fields.setdefault(number, []).append(varint())
-        elif wire == 2:
-            size = varint()
-            fields.setdefault(number, []).append(data[pos:pos + size])
-            pos += size
-        else:
-            raise AssertionError(f"unexpected wire type {wire} for field {number}")
-        assert pos <= len(data), "truncated protobuf"
-    return fields
-
-
-def assert_valid_model(root: Path, image_size: int) -> None:
-    """model.json labels + a structurally complete model.onnx (no onnxruntime on the host)."""
-    meta = json.loads((root / "model" / "model.json").read_text())
-    assert meta["labels"] == LABELS
-    assert meta["preprocess"]["image_size"] == image_size
-    data = (root / "model" / "model.onnx").read_bytes()
-    assert data[:1] == b"\x08", "model.onnx does not start with a ModelProto ir_version"
-    top = onnx_top_level(data)  # the whole file parses: nothing cut off
-    assert 3 <= top[1][0] <= 20, f"implausible ONNX ir_version {top[1]}"
-    assert len(top.get(7, [])) == 1, "no graph in model.onnx"
-    graph = top[7][0]
-    assert meta["input_name"].encode() in graph and meta["output_name"].encode() in graph
-    assert len(data) > 10_000_000, f"model.onnx is only {len(data)} bytes (resnet18: ~45 MB)"
-
-
-def assert_complete_history(root: Path, epochs: int) -> dict:
-    record = json.loads((root / "output" / "data" / "metrics.json").read_text())
-    assert [h["epoch"] for h in record["history"]] == list(range(1, epochs + 1))
-    assert record["summary"]["epochs"] == epochs
-    assert record["summary"]["valid_acc"] == record["history"][-1]["valid_acc"]
-    return record
-
-
-def epochs_trained(log: str) -> list[int]:
-    return [int(e) for e, _ in METRIC_EPOCH.findall(log)]
-
-
-def failure_of(root: Path) -> str:
-    path = root / "output" / "failure"
-    assert path.exists(), "no failure file"
-    return path.read_text()
 
 
 # ---------------------------------------------------------------- kills and SIGTERM
@@ -174,7 +61,7 @@ def killed_and_resumed(train_image, tmp_path_factory) -> dict:
     (checkpoints / ".checkpoint.pt.9999.tmp").write_bytes(data[: len(data) // 2])
     return {"root": root, "code": code, "killed_log": killed_log,
             "model_after_kill": (root / "model" / "model.onnx").exists(),
-            "rerun": run_train(train_image, root, *THREADS)}
+            "rerun": run_train(train_image, root, *ONE_MATH_THREAD)}
 
 
 def test_hard_kill_mid_training_resumes_to_a_complete_model(killed_and_resumed):
@@ -222,7 +109,7 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resumes(train_image, tmp_path):
     assert (root / "checkpoints" / "checkpoint.pt").stat().st_size > 1_000_000
     assert not (root / "model" / "model.onnx").exists()
 
-    rerun = run_train(train_image, root, *THREADS)
+    rerun = run_train(train_image, root, *ONE_MATH_THREAD)
     assert rerun.rc == 0, rerun.log[-3000:]
     resumed = RESUMED.search(rerun.log)
     assert resumed, rerun.log[-3000:]
@@ -238,7 +125,7 @@ def test_sigterm_saves_mid_epoch_checkpoint_and_resumes(train_image, tmp_path):
 
 def test_read_only_model_dir_fails_before_training(train_image, tmp_path):
     root = opt_ml(tmp_path, HPS, DATA)
-    run = run_train(train_image, root, *THREADS, "-v", f"{root / 'model'}:/opt/ml/model:ro")
+    run = run_train(train_image, root, *ONE_MATH_THREAD, "-v", f"{root / 'model'}:/opt/ml/model:ro")
     assert run.rc == 2, run.log[-3000:]
     first = run.failure.splitlines()[0]
     assert first.startswith("UserError: cannot write to the model directory /opt/ml/model")
@@ -256,7 +143,7 @@ def test_full_checkpoint_dir_fails_clearly(train_image, tmp_path):
     name = f"dogbreed-resil-{uuid.uuid4().hex[:8]}"
     try:
         proc = docker("run", "--name", name, "--network", "none", "--hostname", "algo-1",
-                      "-v", f"{root}:/opt/ml", "--tmpfs", "/opt/ml/checkpoints:size=64k", *THREADS,
+                      "-v", f"{root}:/opt/ml", "--tmpfs", "/opt/ml/checkpoints:size=64k", *ONE_MATH_THREAD,
                       train_image, "sh", "-c", script, check=False, timeout=600)
     finally:
         docker("rm", "-f", name, check=False)
@@ -285,7 +172,7 @@ def write_corrupt_images(root: Path) -> tuple[Path, Path]:
 def test_corrupt_image_with_bad_images_fail_names_the_file(train_image, tmp_path):
     root = opt_ml(tmp_path, {**HPS, "bad-images": "fail"}, DATA)
     write_corrupt_images(root)
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert run.rc == 2, run.log[-3000:]
     first = run.failure.splitlines()[0]
     assert first.startswith("UserError: unreadable image train/002.Green_bars/garbage.jpg")
@@ -299,7 +186,7 @@ def test_truncated_image_with_bad_images_fail_names_the_file(train_image, tmp_pa
                              "max-steps-per-epoch": "0"}, DATA)
     _, truncated = write_corrupt_images(root)
     (root / "input" / "data" / "train" / "002.Green_bars" / "garbage.jpg").unlink()
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert run.rc == 2, run.log[-3000:]
     first = run.failure.splitlines()[0]
     assert first.startswith("UserError: unreadable image"), run.failure[:2000]
@@ -310,7 +197,7 @@ def test_truncated_image_with_bad_images_fail_names_the_file(train_image, tmp_pa
 def test_corrupt_images_with_bad_images_skip_are_counted(train_image, tmp_path):
     root = opt_ml(tmp_path, {**HPS, "bad-images": "skip", "max-steps-per-epoch": "0"}, DATA)
     write_corrupt_images(root)
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert run.rc == 0, run.log[-3000:]
     assert "train: skipped 1 unreadable image(s), e.g. 002.Green_bars/garbage.jpg" in run.log
     assert "images skipped as unreadable" in run.log
@@ -325,7 +212,7 @@ def test_corrupt_images_with_bad_images_skip_are_counted(train_image, tmp_path):
 def test_out_of_range_hyperparameters_fail_clearly(train_image, tmp_path):
     root = opt_ml(tmp_path, {**HPS, "lr": "-1", "epochs": "0", "profile-steps": "5-2"},
                   per_class={"train": 2})
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert run.rc == 2, run.log[-3000:]
     first = run.failure.splitlines()[0]
     assert first.startswith("UserError: invalid hyperparameters:")
@@ -349,7 +236,7 @@ def test_corrupt_checkpoint_fails_and_is_kept(train_image, tmp_path):
     corrupt = os.urandom(4096)
     (root / "checkpoints").mkdir()
     (root / "checkpoints" / "checkpoint.pt").write_bytes(corrupt)
-    run = run_train(train_image, root, *THREADS)
+    run = run_train(train_image, root, *ONE_MATH_THREAD)
     assert_checkpoint_refused(run, "UserError: the checkpoint /opt/ml/checkpoints/"
                                    "checkpoint.pt cannot be read")
     # Not silently replaced by a fresh run: the user decides.
@@ -368,7 +255,7 @@ def test_checkpoint_is_reused_by_its_own_run_and_refused_by_another(train_image,
     assert not (root / "model" / "model.json").exists()
 
     # The same job again: nothing left to train, straight to test and export.
-    again = run_train(train_image, root, *THREADS)
+    again = run_train(train_image, root, *ONE_MATH_THREAD)
     assert again.rc == 0, again.log[-3000:]
     assert RESUMED.search(again.log).group(2) == "2"
     assert epochs_trained(again.log) == []
@@ -380,7 +267,7 @@ def test_checkpoint_is_reused_by_its_own_run_and_refused_by_another(train_image,
     model_before = (root / "model" / "model.onnx").stat().st_mtime_ns
     (root / "input" / "config" / "hyperparameters.json").write_text(
         json.dumps({**HPS, "epochs": "1", "image-size": "48"}))
-    other = run_train(train_image, root, *THREADS)
+    other = run_train(train_image, root, *ONE_MATH_THREAD)
     assert_checkpoint_refused(other, "UserError: the checkpoint in /opt/ml/checkpoints "
                                      "belongs to another training run (different image-size)")
     assert checkpoint.read_bytes() == before

@@ -1,0 +1,140 @@
+"""The containers the tests start, each on a free loopback port or offline, removed after.
+
+Server: the serving image answering over real HTTP. Detached: the training image in
+the background, so a test can signal it mid-run (conftest.run_train runs it to the
+end). published_port and listening_sockets read a running container from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import docker
+
+# One math thread: on 2 shared, busy cores two OpenMP threads made each tiny step
+# 3-7 s instead of 0.5 s. It changes only speed, not what is tested.
+ONE_MATH_THREAD = ("-e", "OMP_NUM_THREADS=1")
+
+
+def published_port(container: str, inside: int = 8080) -> int:
+    """The loopback port Docker published for the container's port `inside`."""
+    return int(docker("port", container, str(inside)).stdout.splitlines()[0].rsplit(":", 1)[1])
+
+
+def listening_sockets(container: str) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state inside the container."""
+    rows = []
+    for table in ("tcp", "tcp6"):
+        text = docker("exec", container, "cat", f"/proc/net/{table}", check=False).stdout
+        for line in text.splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state != "0A":  # LISTEN
+                continue
+            addr_hex, port_hex = local.split(":")
+            if len(addr_hex) == 8:
+                addr = socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr_hex)[::-1])
+            else:
+                raw = bytes.fromhex(addr_hex)
+                addr = socket.inet_ntop(socket.AF_INET6, b"".join(
+                    raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+            rows.append((addr, int(port_hex, 16)))
+    return rows
+
+
+class Server:
+    """`docker run -d IMAGE serve` with the model mounted read-only; `env` items are
+    NAME=VALUE, `docker_args` extra `docker run` options, `port` the one it serves on."""
+
+    def __init__(self, image: str, model_dir: Path, *env: str, docker_args=(),
+                 port: int = 8080, name_prefix: str = "dogbreed-serve-test"):
+        self.name = f"{name_prefix}-{uuid.uuid4().hex[:8]}"
+        args = ["run", "-d", "--name", self.name, "-p", f"127.0.0.1:0:{port}",
+                "-v", f"{model_dir}:/opt/ml/model:ro", *docker_args]
+        for item in env:
+            args += ["-e", item]
+        self.id = docker(*args, image, "serve").stdout.strip()
+        self.url = f"http://127.0.0.1:{published_port(self.id, port)}"
+
+    def wait_ready(self, timeout: float = 90) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            try:
+                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except requests.ConnectionError:
+                pass
+            if docker("inspect", "-f", "{{.State.Running}}", self.id).stdout.strip() != "true":
+                raise RuntimeError(f"server exited:\n{self.logs()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"no /ping 200 within {timeout} s:\n{self.logs()[-3000:]}")
+
+    def invoke(self, body: bytes, content_type: str | None = "image/jpeg", **headers):
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        return requests.post(f"{self.url}/invocations", data=body, headers=headers, timeout=60)
+
+    def logs(self) -> str:
+        out = docker("logs", self.id, check=False)
+        return out.stdout + out.stderr
+
+    def state(self) -> dict:
+        out = docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.State.OOMKilled}}",
+                     self.id).stdout.split()
+        return {"status": out[0], "exit_code": int(out[1]), "oom_killed": out[2] == "true"}
+
+    def stop(self) -> None:
+        docker("rm", "-f", self.id, check=False)
+
+
+class Detached:
+    """`docker run -d` with run_train's arguments, so a test can signal it mid-run."""
+
+    def __init__(self, image: str, root: Path, *extra: str):
+        self.name = f"dogbreed-resil-{uuid.uuid4().hex[:8]}"
+        self.id = docker("run", "-d", "--name", self.name, "--network", "none",
+                         "--hostname", "algo-1", "-v", f"{root}:/opt/ml", *ONE_MATH_THREAD,
+                         *extra, image, "train").stdout.strip()
+
+    def logs(self) -> str:
+        proc = docker("logs", self.id, check=False)
+        return proc.stdout + proc.stderr
+
+    def running(self) -> bool:
+        out = docker("inspect", "-f", "{{.State.Running}}", self.id, check=False).stdout
+        return out.strip() == "true"
+
+    def wait_for_log(self, pattern: re.Pattern, timeout: float = 240) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.logs()
+            found = pattern.search(log)
+            if found:
+                return found
+            if not self.running():
+                pytest.fail(f"container ended before {pattern.pattern!r}:\n{log[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern.pattern!r} within {timeout}s:\n{log[-3000:]}")
+            time.sleep(0.25)
+
+    def wait(self, timeout: float = 180) -> int:
+        return int(docker("wait", self.id, timeout=timeout).stdout.strip())
+
+    def remove(self) -> None:
+        docker("rm", "-f", self.id, check=False)
+
+
+@contextlib.contextmanager
+def detached(image: str, root: Path, *extra: str):
+    run = Detached(image, root, *extra)
+    try:
+        yield run
+    finally:
+        run.remove()
