@@ -1,5 +1,5 @@
 """What the training tests check in a finished or failed job, shared by the tests of
-interrupted jobs (test_train_resilience.py) and of odd inputs (test_train_faults.py)."""
+interrupted jobs (test_train_kills_and_faults.py) and of odd inputs (test_train_odd_inputs.py)."""
 
 from __future__ import annotations
 

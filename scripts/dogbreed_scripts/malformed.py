@@ -1,6 +1,6 @@
 """Malformed and hostile requests for the serving container, each with the answer it must get.
 
-Used by tests/test_hardening_serve.py (one test per row) and the soak command (mixed into
+Used by tests/test_serve_hardening.py (one test per row) and the soak command (mixed into
 the load). Every body is built here from Pillow, zlib and struct: nothing is downloaded.
 The expected status is what the serving contract promises (README "Serving image
 contract"); the rows that expect 200 are files that are damaged or odd but still

@@ -2,7 +2,7 @@
 """Soak the serving container: many requests at once, good and malformed mixed.
 
 Sends --requests POSTs to /invocations from --concurrency threads. A share of them
-(--bad-fraction) are the malformed requests of tests/malformed.py, each of which must
+(--bad-fraction) are the malformed requests of scripts/dogbreed_scripts/malformed.py, each of which must
 get its own 4xx (or 200) with a JSON body; the rest are valid JPEG/PNG images, which
 must all get 200 with predictions. With --kill-worker-at, the model server's worker
 process is killed (SIGKILL) once that share of the requests has been sent. Reports
