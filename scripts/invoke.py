@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """The invoke command: `scripts/invoke.py --help`; its code is dogbreed_scripts/invoke.py."""
 
-from dogbreed_scripts.cli import run
+# Guarded: this folder is first on sys.path when a command runs, so a library that
+# imports a top-level module of this name (paramiko imports `invoke`) finds this file.
+if __name__ == "__main__":
+    from dogbreed_scripts.cli import run
 
-run("invoke")
+    run("invoke")
