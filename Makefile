@@ -75,7 +75,7 @@ test: venv venv-sdk2 ## build everything, lint, and run the whole test suite
 
 scripts-test: images venv ## the AWS scripts' tests: moto, a local registry, local mode
 	$(VENV)/bin/python -m pytest tests/test_scripts_aws.py tests/test_scripts_push.py \
-		tests/test_scripts_local.py
+		tests/test_scripts_local.py tests/test_scripts_state.py
 
 demo: images venv ## train, serve and classify locally on Fashion-MNIST (no AWS account)
 	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)

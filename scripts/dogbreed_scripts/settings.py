@@ -53,7 +53,8 @@ FIELDS = {f.name: f for f in [
           "S3 bucket (default: the SageMaker default bucket sagemaker-REGION-ACCOUNT)"),
     Field("prefix", ("DOGBREED_PREFIX",), "dogbreed", "S3 key prefix for data and outputs"),
     Field("registry", ("DOGBREED_REGISTRY",), None,
-          "image registry host (default: ACCOUNT.dkr.ecr.REGION.amazonaws.com)"),
+          "image registry host (default: the one push.py pushed to, else "
+          "ACCOUNT.dkr.ecr.REGION.amazonaws.com)"),
     Field("train_repository", ("DOGBREED_TRAIN_REPOSITORY",), "dogbreed-train",
           "repository name of the training image"),
     Field("serve_repository", ("DOGBREED_SERVE_REPOSITORY",), "dogbreed-serve",
