@@ -1,4 +1,4 @@
-"""The local endpoint (scripts/local_endpoint.py: the serving image through the Docker
+"""The local endpoint (dogbreed_scripts/local_endpoint.py: the serving image through the Docker
 SDK) as SageMaker hosting runs it: model.tar.gz unpacked into /opt/ml/model, `serve`,
 /ping, then raw image bytes to /invocations."""
 
