@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     if args.no_ecr:
         settings.require(cfg, "registry")
     else:
-        ctx.session  # noqa: B018 - checks region and credentials now
+        _ = ctx.session  # checks the region and credentials now
 
     for w, image in local.items():
         if args.build or not image_exists(image):
