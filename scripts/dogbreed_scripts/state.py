@@ -106,13 +106,14 @@ class State:
             out.write(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
 
-    def with_(self, **changes: Any) -> State:
+    def changed(self, **changes: Any) -> State:
+        """A copy with `changes` (field names are checked: a typo is a TypeError)."""
         return replace(self, **changes)
 
 
 def update(path: Path, **changes: Any) -> State:
     """Re-read the file, apply `changes`, write it back: what another process (a
     detached local endpoint) wrote in between is kept."""
-    state = State.load(path).with_(**changes)
+    state = State.load(path).changed(**changes)
     state.save(path)
     return state
