@@ -68,8 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="S3 prefix holding train/ valid/ test/ "
                                   "(default: what data.py uploaded); with --local, a folder")
     p.add_argument("--image-uri", help="training image URI (default: from the registry settings)")
-    p.add_argument("--metric-definitions", type=Path, default=settings.METRIC_DEFINITIONS,
-                   help="the training image's metric regexes (default: %(default)s)")
+    p.add_argument("--metric-definitions", type=Path, metavar="JSON",
+                   help="a file of metric regexes (default: the training image's own, "
+                        "dogbreed_contract/metric_definitions.json)")
     p.add_argument("--job-name", help="default: dogbreed-hpo-YYMMDD-HHMMSS (32 characters at most)")
     p.add_argument("--detach", action="store_true",
                    help="start the job and return; run --report JOB later")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(SCRIPTS))
 import settings  # noqa: E402
 import tune as tune_script  # noqa: E402
 
-METRIC_DEFS = json.loads(settings.METRIC_DEFINITIONS.read_text())
+METRIC_DEFS = settings.metric_definitions()
 STEPS = ["push", "data", "tune", "train", "deploy", "invoke", "cleanup"]
 
 
