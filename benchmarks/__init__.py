@@ -1,1 +1,1 @@
-"""Benchmarks for issue #7: the product against its physical limits and a baseline."""
+"""Benchmarks: the product against its physical limits and a baseline."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks (issue #7): the product against its physical limits and a baseline.
+"""Benchmarks: the product against its physical limits and a baseline.
 
 One run, variants interleaved round by round (the machine is shared and noisy, so
 the ratios measured side by side are the result, not the absolute times):

@@ -186,7 +186,7 @@ def test_dimension_limits(width, height, status):
         assert err.value.status == status
 
 
-# --- bounded work per request (docs/hardening.md, "Work and memory per request")
+# --- bounded work per request (docs/hardening.md, section 6, "How each is bounded")
 
 def test_structure_bombs_are_refused_before_decoding():
     """Thousands of empty progressive scans, a million empty JPEG segments, 400,000 empty

@@ -1,4 +1,4 @@
-"""Security checks on the built images and a running serving container (issue #8).
+"""Security checks on the built images and a running serving container.
 
 - No credentials or tokens in either image: layer history, environment, labels, and
   the usual credential files; none in a serving container's logs or answers either,

@@ -2,7 +2,7 @@
 
 A large image costs hundreds of MiB while it is decoded and brought to RGB (a
 40-megapixel 16-bit PNG about 500). Several at once, in the decode threads of several
-workers, once took a container past its limit and the kernel killed the workers. So
+workers, can take a container past its limit, and the kernel then kills the workers. So
 each large decode first reserves what it needs from one budget for the container:
 ``serve`` sizes it from the cgroup's memory limit once the workers are up
 (``budget_bytes``) and writes it down as the length of a file, one byte per MiB.

@@ -42,7 +42,7 @@ class Settings:
             # MMS waits this long for a second request even when none comes, so it is
             # added to every request at low load. Under load, requests queue while the
             # worker is busy and the next batch takes them at once: 1 ms is enough
-            # (docs/benchmarks.md: 5 -> 1 ms and no spinning, measured side by side).
+            # (docs/benchmarks.md: 1 ms against 5 ms, measured side by side).
             max_batch_delay_ms=_int("DOGBREED_MAX_BATCH_DELAY_MS", 1),
             intra_op_threads=_int("DOGBREED_THREADS_PER_WORKER", 0),
             # Spinning threads burn the cores that JPEG decoding, MMS and nginx need.
