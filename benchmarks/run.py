@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from dogbreed_contract import model_card
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
@@ -94,7 +96,7 @@ def gpu_name() -> str | None:
 def ensure_model(args, work: Path) -> Path:
     """ONNX + model.json (and a state_dict) written by the training image's own code."""
     out = work / f"{args.model}-{args.image_size}"
-    if not (out / "model" / "model.json").is_file() or not (out / "model-torch" / "model.pth").is_file():
+    if not (out / "model" / model_card.FILE).is_file() or not (out / "model-torch" / "model.pth").is_file():
         log(f"exporting {args.model} at {args.image_size} px with {args.train_image}")
         out.mkdir(parents=True, exist_ok=True)
         docker("run", "--rm", "--network", "none", "-v", f"{HERE}:/bench:ro",
