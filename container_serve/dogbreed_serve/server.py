@@ -404,7 +404,7 @@ class Serve:
 
         from . import memory, metrics
 
-        decode_mib = memory.create(run_dir, memory.budget_bytes())
+        decode_mib = memory.create(run_dir, memory.budget_bytes(settings.decode_memory_mb))
         (run_dir / READY_FILE).touch()
         metrics.serve_scrapes(run_dir / "metrics.sock")
         self.start_nginx(nginx_conf(run_dir, port, self.mms_port, max_body, timeout), writer)
