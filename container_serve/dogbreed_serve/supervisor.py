@@ -36,7 +36,8 @@ log = logging.getLogger("dogbreed_serve.server")
 HANDLER = "dogbreed_serve.handler:handle"
 MODEL_NAME = "model"
 MMS_STOP_S = 5
-WATCH_EVERY_S = 1.0
+POLL_S = 0.5         # how often serve looks at its children while serving
+WATCH_EVERY_S = 1.0  # how often it asks MMS's /ping
 
 
 class State(enum.Enum):
@@ -235,7 +236,7 @@ class Supervisor:
         """READY until a signal, a child's exit or a lasting UNHEALTHY; the exit code."""
         health = MmsHealth(mms_port)
         unhealthy_since: float | None = None
-        while not self.stopping.wait(0.5):
+        while not self.stopping.wait(POLL_S):
             reap_orphans({self.mms.pid, self.nginx.pid})
             for name, child in (("multi-model-server", self.mms), ("nginx", self.nginx)):
                 if child.poll() is not None:
