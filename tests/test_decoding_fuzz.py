@@ -281,7 +281,7 @@ print(hwm() - base)
     assert malformed  # imported above only for the subprocess's path
 
 
-def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path, monkeypatch):
+def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path):
     """memory.DecodeMemory: reservations add up across processes; what a killed process
     held comes back; a request that can never fit, or waits past its deadline, is told."""
     import multiprocessing
@@ -291,8 +291,7 @@ def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path, monk
 
     mib = memory.create(tmp_path, 10 * memory.MIB)
     assert mib == 10
-    monkeypatch.setenv("DOGBREED_RUN_DIR", str(tmp_path))
-    budget = memory.DecodeMemory.from_env()
+    budget = memory.DecodeMemory.in_run_dir(str(tmp_path))
     ready = multiprocessing.get_context("fork").Event()
 
     def hold():
