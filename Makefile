@@ -80,7 +80,7 @@ scripts-test: images venv ## the AWS scripts' tests: moto, a local registry, loc
 demo: images venv ## train, serve and classify locally on Fashion-MNIST (no AWS account)
 	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)
 
-# Benchmarks (issue #7): BENCH_ARGS="--quick" for a smoke run; `benchmarks/run.py --help`.
+# Benchmarks: BENCH_ARGS="--quick" for a smoke run; `benchmarks/run.py --help`.
 bench: images venv ## benchmark serving and training against their limits (bench-output/)
 	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 

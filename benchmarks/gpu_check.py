@@ -302,7 +302,7 @@ def onnx_agreement(base: Path, device: torch.device, images: list[Path]) -> dict
             ref = torch.softmax(model(torch.from_numpy(x).to(device)).float(), 1).cpu().numpy()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = allow_tf32
-    path = base / "model" / "model.onnx"
+    path = base / "model" / card.model_file
     try:
         import onnxruntime as ort
 

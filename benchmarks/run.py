@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks (issue #7): the product against its physical limits and a baseline.
+"""Benchmarks: the product against its physical limits and a baseline.
 
 One run, variants interleaved round by round (the machine is shared and noisy, so
 the ratios measured side by side are the result, not the absolute times):
@@ -37,6 +37,7 @@ from pathlib import Path
 import report
 from photo import request_image
 
+from dogbreed_contract import model_card
 from serving import (
     Container,
     Probe,
@@ -95,7 +96,7 @@ def gpu_name() -> str | None:
 def ensure_model(args, work: Path) -> Path:
     """ONNX + model.json (and a state_dict) written by the training image's own code."""
     out = work / f"{args.model}-{args.image_size}"
-    if not (out / "model" / "model.json").is_file() or not (out / "model-torch" / "model.pth").is_file():
+    if not (out / "model" / model_card.FILE).is_file() or not (out / "model-torch" / "model.pth").is_file():
         log(f"exporting {args.model} at {args.image_size} px with {args.train_image}")
         out.mkdir(parents=True, exist_ok=True)
         docker("run", "--rm", "--network", "none", "-v", f"{HERE}:/bench:ro",

@@ -128,7 +128,7 @@ def test_dimension_limits(width, height, status):
         assert err.value.status == status
 
 
-# --- bounded work per request (docs/hardening.md, "Work and memory per request")
+# --- bounded work per request (docs/hardening.md, section 6, "How each is bounded")
 
 def test_structure_bombs_are_refused_before_decoding():
     """Thousands of empty progressive scans, a million empty JPEG segments, 400,000 empty
@@ -220,7 +220,7 @@ print(hwm() - base)
     assert peaks["serving"] < peaks["training"] / 2, peaks
 
 
-def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path, monkeypatch):
+def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path):
     """memory.DecodeMemory: reservations add up across processes; what a killed process
     held comes back; a request that can never fit, or waits past its deadline, is told."""
     import multiprocessing
@@ -230,8 +230,7 @@ def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path, monk
 
     mib = memory.create(tmp_path, 10 * memory.MIB)
     assert mib == 10
-    monkeypatch.setenv("DOGBREED_RUN_DIR", str(tmp_path))
-    budget = memory.DecodeMemory.from_env()
+    budget = memory.DecodeMemory.in_run_dir(str(tmp_path))
     ready = multiprocessing.get_context("fork").Event()
 
     def hold():

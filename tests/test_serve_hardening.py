@@ -1,4 +1,4 @@
-"""Hardening of the serving container (issue #8): malformed input, fuzzing, load, worker death.
+"""Hardening of the serving container: malformed input, fuzzing, load, worker death.
 
 Everything here talks to the real `dogbreed-serve` container over real HTTP. The
 container runs with a memory limit (MEMORY_LIMIT): an input that makes memory grow
@@ -154,9 +154,9 @@ def test_work_bombs_are_refused_in_bounded_time(server):
 
 def test_concurrent_16_bit_40_megapixel_pngs_stay_within_memory(server):
     """Four 16-bit 40-megapixel PNGs (77 KB each) at once, in a container limited to
-    1.5 GB: each once took about 1 GB to convert, and four OOM-killed the workers. Now
-    each reserves its share of the container's decode memory and waits its turn: all
-    are answered (200, or 503 'busy, retry' if one waited past its deadline), no
+    1.5 GB: converted whole, each would take about 1 GB and four would OOM-kill the
+    workers. Each reserves its share of the container's decode memory and waits its
+    turn: all are answered (200, or 503 'busy, retry' if one waited past its deadline), no
     process is killed, and the workers are the ones that started."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1,4 +1,4 @@
-"""Resilience of `docker run dogbreed-train train`: kills, SIGTERM, faults (issues #3, #8).
+"""Resilience of `docker run dogbreed-train train`: kills, SIGTERM, faults.
 
 Every test runs the real image offline on a local /opt/ml tree, as SageMaker would:
 a hard kill and a SIGTERM in the middle of training must resume from the

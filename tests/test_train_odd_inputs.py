@@ -1,4 +1,4 @@
-"""Odd but real inputs to `docker run dogbreed-train train` (issue #19).
+"""Odd but real inputs to `docker run dogbreed-train train`.
 
 A SIGTERM at any stage of a job, a last batch of one image, folders that are not
 classes, JSON-quoted hyperparameters, Pipe mode, other image formats and config

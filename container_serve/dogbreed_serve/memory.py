@@ -2,7 +2,7 @@
 
 A large image costs hundreds of MiB while it is decoded and brought to RGB (a
 40-megapixel 16-bit PNG about 500). Several at once, in the decode threads of several
-workers, once took a container past its limit and the kernel killed the workers. So
+workers, can take a container past its limit, and the kernel then kills the workers. So
 each large decode first reserves what it needs from one budget for the container:
 ``serve`` sizes it from the cgroup's memory limit once the workers are up
 (``budget_bytes``) and writes it down as the length of a file, one byte per MiB.
@@ -25,14 +25,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .settings import RUN_DIR_ENV
-
 MIB = 1024 * 1024
 # The share of the memory that is free once the workers have loaded the model which
 # large decodes may use at once; the rest is left to the JVM's heap growth, nginx's
 # body buffers and the models' own working memory.
 DECODE_SHARE = 0.5
-FILE_NAME = "decode-memory"  # in serve's run folder (settings.RUN_DIR_ENV)
+FILE_NAME = "decode-memory"  # in serve's run folder (Settings.run_dir)
 
 
 class NotEnoughMemory(Exception):
@@ -83,11 +81,11 @@ def container_memory(cgroup: Path = Path("/sys/fs/cgroup")) -> tuple[int, int]:
     return limit, max(0, used)
 
 
-def budget_bytes() -> int:
-    """DOGBREED_DECODE_MEMORY_MB, or DECODE_SHARE of what the container has left."""
-    configured = os.environ.get("DOGBREED_DECODE_MEMORY_MB", "").strip()
-    if configured:
-        return int(configured) * MIB
+def budget_bytes(configured_mb: int = 0) -> int:
+    """DOGBREED_DECODE_MEMORY_MB (Settings.decode_memory_mb), or else DECODE_SHARE of
+    what the container has left."""
+    if configured_mb:
+        return configured_mb * MIB
     limit, used = container_memory()
     return int(DECODE_SHARE * max(0, limit - used))
 
@@ -108,9 +106,8 @@ class DecodeMemory:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls) -> "DecodeMemory | None":
+    def in_run_dir(cls, run_dir: str | None) -> "DecodeMemory | None":
         """The budget serve created for this container; None outside one (host tests)."""
-        run_dir = os.environ.get(RUN_DIR_ENV)
         path = Path(run_dir) / FILE_NAME if run_dir else None
         return cls(path) if path and path.exists() else None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +10,25 @@ from dogbreed_contract import ModelCardError
 from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
 from dogbreed_contract.model_card import REDO, ModelCard
 
-from .settings import Settings
+# benchmarks/forward.py runs in old and new images alike and imports it from here.
+from .settings import threads_for  # noqa: F401
 
 
-def session_options(intra_op_threads: int):
+def session_options(intra_op_threads: int, spinning: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
-    if not Settings.from_env().ort_spinning:
+    if not spinning:
         # Idle intra-op threads sleep instead of busy-waiting, leaving the cores to
         # the request decoding, MMS and nginx (DOGBREED_ORT_SPINNING=1 restores it).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def open_session(model_dir: Path, card: ModelCard, intra_op_threads: int):
+def open_session(model_dir: Path, card: ModelCard, intra_op_threads: int,
+                 spinning: bool = False):
     """An ONNX Runtime session, or ModelCardError saying why the file cannot be one."""
     import onnxruntime as ort
 
@@ -40,7 +41,7 @@ def open_session(model_dir: Path, card: ModelCard, intra_op_threads: int):
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                  if p in ort.get_available_providers()]
     try:
-        return ort.InferenceSession(str(path), session_options(intra_op_threads),
+        return ort.InferenceSession(str(path), session_options(intra_op_threads, spinning),
                                     providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
@@ -48,7 +49,7 @@ def open_session(model_dir: Path, card: ModelCard, intra_op_threads: int):
                          f"({type(exc).__name__}{': ' + first if first else ''}): {REDO}") from None
 
 
-def validate(model_dir: str | Path) -> dict:
+def validate(model_dir: str | Path, spinning: bool = False) -> dict:
     """Everything serve checks before MMS starts; returns what /metrics shows of the model.
 
     The model card, the ONNX session, its input, and its output width against the
@@ -58,7 +59,7 @@ def validate(model_dir: str | Path) -> dict:
 
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir)
-    session = open_session(model_dir, card, intra_op_threads=1)
+    session = open_session(model_dir, card, intra_op_threads=1, spinning=spinning)
     inputs = {i.name: i for i in session.get_inputs()}
     if card.input_name not in inputs:
         raise ModelCardError(f"{model_dir / card.model_file} has no input named "
@@ -82,13 +83,20 @@ def validate(model_dir: str | Path) -> dict:
 
 
 class Classifier:
-    def __init__(self, model_dir: str | Path, intra_op_threads: int = 0):
+    """What the handler's predict and encode stages need of a model (tests pass a fake
+    with the same attributes: labels, spec, device, runtime, provider)."""
+
+    def __init__(self, model_dir: str | Path, intra_op_threads: int = 0,
+                 spinning: bool = False):
+        import onnxruntime as ort
+
         model_dir = Path(model_dir)
         card = ModelCard.load(model_dir)
         self.labels = card.labels
         self.spec = card.spec
         self.input_name = card.input_name
-        self.session = open_session(model_dir, card, intra_op_threads)
+        self.session = open_session(model_dir, card, intra_op_threads, spinning)
+        self.runtime = f"onnxruntime {ort.__version__}"
         self.provider = self.session.get_providers()[0]
         self.device = "gpu" if self.provider.startswith("CUDA") else "cpu"
 
@@ -110,16 +118,3 @@ class Classifier:
         size = self.spec.image_size
         self.probabilities(np.zeros((1, 3, size, size), np.float32))
 
-
-def threads_for(workers: int) -> int:
-    """ONNX Runtime threads per worker: twice the CPUs shared out, at most all of them.
-
-    A worker spends part of each call decoding JPEGs on one core, so with exactly
-    CPUs/workers threads some cores would idle while it decodes. Two workers with
-    all the CPUs each let one decode while the other runs the network at full width,
-    and a lone request still gets every core. Idle threads sleep, not spin
-    (DOGBREED_ORT_SPINNING), so the 2x oversubscription costs little
-    (docs/benchmarks.md: measured on 2 CPUs).
-    """
-    cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 2 * cpus // max(1, workers)))

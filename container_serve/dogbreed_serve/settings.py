@@ -1,4 +1,19 @@
-"""Serving settings from the environment, with the toolkit's names where it has them."""
+"""Serving settings: the environment read once per process, into one frozen object.
+
+``serve`` builds one ``Settings`` at start and passes it down (start-up, the MMS and
+nginx configuration, the supervisor); each MMS worker builds its own once, in the
+handler's ``initialize``. Both read the same environment on the same machine, so
+they agree on everything, the worker count included: MMS's context does not carry
+it (its system properties are model_dir, gpu_id, batch_size, server_name and
+server_version), and nothing is written into the environment for the workers to
+read back.
+
+The SageMaker variables are read by the inference toolkit's ``Environment``, with its
+names and defaults (SAGEMAKER_BIND_TO_PORT, SAGEMAKER_SAFE_PORT_RANGE,
+SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_MODEL_SERVER_TIMEOUT,
+SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_MODEL_SERVER_VMARGS, SAGEMAKER_STARTUP_TIMEOUT);
+the rest are ours (DOGBREED_*).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +26,8 @@ from dataclasses import dataclass
 RUN_DIR_ENV = "DOGBREED_RUN_DIR"
 READY_FILE = "ready"
 
+DEFAULT_MAX_BODY = 6 * 1024 * 1024  # SageMaker's payload limit for real-time endpoints
+
 
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -22,18 +39,63 @@ def _float(name: str, default: float) -> float:
     return float(value) if value.strip() else default
 
 
+def default_workers() -> int:
+    """One worker on a GPU; on CPUs two, so that one decodes while the other computes.
+
+    Each CPU worker gets ONNX Runtime threads for all the CPUs (threads_for).
+    """
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return 1
+    return min(2, os.cpu_count() or 1)
+
+
+def threads_for(workers: int) -> int:
+    """ONNX Runtime threads per worker: twice the CPUs shared out, at most all of them.
+
+    A worker spends part of each call decoding JPEGs on one core, so with exactly
+    CPUs/workers threads some cores would idle while it decodes. Two workers with
+    all the CPUs each let one decode while the other runs the network at full width,
+    and a lone request still gets every core. Idle threads sleep, not spin
+    (DOGBREED_ORT_SPINNING), so the 2x oversubscription costs little
+    (docs/benchmarks.md: measured on 2 CPUs).
+    """
+    cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 2 * cpus // max(1, workers)))
+
+
 @dataclass(frozen=True)
 class Settings:
-    model_dir: str
-    top_k: int               # default answers per image; per request via custom attributes
-    max_batch: int           # images MMS may hand one worker call
-    max_batch_delay_ms: int  # how long MMS waits for more requests to fill a batch
-    intra_op_threads: int    # ONNX Runtime threads per worker (0 = CPUs / workers)
-    ort_spinning: bool       # ORT's idle intra-op threads busy-wait (ORT's own default)
-    decode_timeout_s: float  # a request's image decoding stops after this long (413)
+    model_dir: str = "/opt/ml/model"
+    top_k: int = 5                  # default answers per image; per request via custom attributes
+    max_batch: int = 8              # images MMS may hand one worker call
+    max_batch_delay_ms: int = 1     # how long MMS waits for more requests to fill a batch
+    intra_op_threads: int = 0       # ONNX Runtime threads per worker (0 = threads_for)
+    ort_spinning: bool = False      # ORT's idle intra-op threads busy-wait (ORT's own default)
+    decode_timeout_s: float = 10.0  # a request's image decoding stops after this long (413)
+    decode_memory_mb: int = 0       # decode memory for the container (0 = from its limit)
+    unhealthy_exit_s: int = 30      # serve exits after MMS has had no working worker this long
+    workers: int = 1                # MMS worker processes
+    port: int = 8080                # the public port (nginx)
+    safe_port_range: str | None = None  # where MMS's loopback ports may lie
+    max_body: int = DEFAULT_MAX_BODY    # the largest request body, in bytes
+    timeout_s: int = 60             # a worker's answer to one batch (MMS and nginx)
+    startup_timeout_s: int = 600    # MMS's management API answers within this
+    jvm_args: str | None = None     # SAGEMAKER_MODEL_SERVER_VMARGS (None: config_files.JVM_ARGS)
+    run_dir: str | None = None      # serve's run folder, as the workers see it (RUN_DIR_ENV)
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.intra_op_threads or threads_for(self.workers)
 
     @classmethod
     def from_env(cls) -> "Settings":
+        """The one reading of the environment for this process (the inference toolkit
+        is imported here, so that host tests can build Settings without it)."""
+        from sagemaker_inference.environment import Environment
+
+        env = Environment()
         base = os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")
         return cls(
             model_dir=os.environ.get("DOGBREED_MODEL_DIR", os.path.join(base, "model")),
@@ -42,10 +104,24 @@ class Settings:
             # MMS waits this long for a second request even when none comes, so it is
             # added to every request at low load. Under load, requests queue while the
             # worker is busy and the next batch takes them at once: 1 ms is enough
-            # (docs/benchmarks.md: 5 -> 1 ms and no spinning, measured side by side).
+            # (docs/benchmarks.md: 1 ms against 5 ms, measured side by side).
             max_batch_delay_ms=_int("DOGBREED_MAX_BATCH_DELAY_MS", 1),
             intra_op_threads=_int("DOGBREED_THREADS_PER_WORKER", 0),
             # Spinning threads burn the cores that JPEG decoding, MMS and nginx need.
             ort_spinning=_int("DOGBREED_ORT_SPINNING", 0) != 0,
             decode_timeout_s=_float("DOGBREED_DECODE_TIMEOUT_S", 10.0),
+            decode_memory_mb=_int("DOGBREED_DECODE_MEMORY_MB", 0),
+            # MMS restarts a worker whose forked child died within a second or two. When
+            # the worker's parent process dies too, MMS keeps reconnecting to a socket
+            # nobody listens on: requests hang and MMS's /ping answers 200 {"status":
+            # "Unhealthy"}, which SageMaker counts as healthy. serve exits instead.
+            unhealthy_exit_s=_int("DOGBREED_UNHEALTHY_EXIT_S", 30),
+            workers=int(env.model_server_workers or default_workers()),
+            port=int(env.inference_http_port),
+            safe_port_range=env.safe_port_range,
+            max_body=env.max_request_size or DEFAULT_MAX_BODY,
+            timeout_s=int(env.model_server_timeout or 60),
+            startup_timeout_s=int(env.startup_timeout),
+            jvm_args=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS") or None,
+            run_dir=os.environ.get(RUN_DIR_ENV) or None,
         )

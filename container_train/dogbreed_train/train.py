@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dogbreed_contract import metrics
+from dogbreed_contract.layout import label_name
 from dogbreed_contract.preprocess import Spec, load_eval_array
 
 from . import (
@@ -357,7 +358,7 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
 
     folders, train_split, valid_split, test_split = data.discover(
         hps.valid_fraction, hps.seed, hps.bad_images)
-    labels = [data.label_name(f) for f in folders]
+    labels = [label_name(f) for f in folders]
     log.info("data: %d classes, %d train / %d valid / %s test images; device %s, %d "
              "process(es), %d loader workers each, amp %s", len(labels),
              len(train_split.samples), len(valid_split.samples),

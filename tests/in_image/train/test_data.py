@@ -10,9 +10,12 @@ from synthetic import CLASSES, make_dataset
 
 
 def test_label_names():
-    assert data.label_name("001.Affenpinscher") == "Affenpinscher"
-    assert data.label_name("120.Pembroke_welsh_corgi") == "Pembroke_welsh_corgi"
-    assert data.label_name("cats") == "cats"
+    """Training's labels are the contract's label_name of each class folder."""
+    from dogbreed_contract.layout import label_name
+
+    assert label_name("001.Affenpinscher") == "Affenpinscher"
+    assert label_name("120.Pembroke_welsh_corgi") == "Pembroke_welsh_corgi"
+    assert label_name("cats") == "cats"
 
 
 def test_discover_all_channels(sm_base):
