@@ -197,16 +197,19 @@ def test_profile_window_validation(window, ok):
             config.parse({"profile-steps": window})
 
 
-def test_step_timer_tells_waiting_from_computing():
+def test_timed_batches_tell_waiting_from_computing():
     import time
 
-    timer = profiling.StepTimer()
-    for _ in range(3):
-        time.sleep(0.03)   # blocked on data
-        timer.fetched()
+    def slow_loader():
+        for _ in range(3):
+            time.sleep(0.03)   # blocked on data
+            yield torch.zeros(8, 3), torch.zeros(8), []
+
+    batches = profiling.TimedBatches(slow_loader())
+    for _ in batches:
         time.sleep(0.005)  # computing
-        timer.computed(8)
-    stats = timer.stop(torch.device("cpu"))
+    stats = batches.stats(torch.device("cpu"))
+    assert stats["images_per_s"] > 0 and batches.images == 24
     assert stats["data_wait"] > 0.7 and stats["bound"] == "input-bound"
     assert "data_wait=" in profiling.perf_line(1, 2, stats)
 
@@ -286,6 +289,6 @@ def test_compile_without_a_compiler_says_so(sm_base, monkeypatch):
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     hps = config.parse({"model": "resnet18", "pretrained": "false", "compile": "true"})
-    rt = train.runtime_for(hps, distributed.World())
+    world = distributed.World()
     with pytest.raises(UserError, match="compile=true needs a C compiler"):
-        train.build_job(hps, rt, 3)
+        train.build_trainer(hps, world, train.placement_for(hps, world), 3)
