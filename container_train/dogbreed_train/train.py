@@ -353,9 +353,7 @@ class Progress:
     partial_sums: dict = field(default_factory=dict)
 
     @classmethod
-    def from_checkpoint(cls, state: dict | None) -> Progress:
-        if state is None:
-            return cls()
+    def from_checkpoint(cls, state: dict) -> Progress:
         step = state["next_step"]
         return cls(state["history"], state["next_epoch"], step,
                    state["partial"] if step else {})
@@ -382,6 +380,8 @@ def resume(trainer: Trainer, labels: list[str]) -> Progress:
 
 
 class Loaders(NamedTuple):
+    """This rank's loaders; the training sampler sets each epoch's order and start."""
+
     train: DataLoader
     train_sampler: distributed.EpochSampler
     valid: DataLoader
