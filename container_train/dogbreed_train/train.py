@@ -18,7 +18,6 @@ is cluster.py's, read once.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -209,6 +208,16 @@ class Trainer:
         return distributed.any_rank(self.world, self.stop_request.requested, self.world.device)
 
 
+def first_batches(loader, count: int):
+    """The loader's first `count` batches. The one after them is fetched and dropped:
+    with workers=0 its augmentation draws from the global RNG, so a seed's results
+    (with max-steps-per-epoch) depend on it."""
+    for i, batch in enumerate(loader):
+        if i >= count:
+            return
+        yield batch
+
+
 def train_one_epoch(trainer: Trainer, loader, sampler, epoch: int, start_step: int,
                     sums: RunningSums, profiler) -> tuple[dict, int]:
     """Train one epoch from `start_step`; returns its throughput figures and the step
@@ -218,7 +227,7 @@ def train_one_epoch(trainer: Trainer, loader, sampler, epoch: int, start_step: i
     trainer.debugger.train()
     sampler.set_epoch(epoch, start_step * hps.batch_size)
     if hps.max_steps_per_epoch:
-        loader = itertools.islice(loader, max(0, hps.max_steps_per_epoch - start_step))
+        loader = first_batches(loader, hps.max_steps_per_epoch - start_step)
     batches = profiling.TimedBatches(loader)
     first_global_step = (epoch - 1) * trainer.steps_per_epoch
     step = start_step
