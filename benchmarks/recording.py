@@ -44,16 +44,18 @@ def make_job(args, record: bool, work: Path):
                         "lr": "0.001", "workers": "0", "amp": "auto" if args.amp else "off",
                         "debug-interval": str(args.debug_interval)})
     train.seed_everything(0)
-    rt = train.runtime_for(hps, distributed.World())
-    job = train.build_job(hps, rt, args.classes)
-    job.steps_per_epoch = args.steps
+    world = distributed.init()
+    placement = train.placement_for(hps, world)
+    trainer = train.build_trainer(hps, world, placement, args.classes)
+    trainer.steps_per_epoch = args.steps
     if record:
-        job.recorder = recording.Recorder(
-            job.core, main=True, enabled=True, interval=hps.debug_interval, nan_loss="stop",
-            device=rt.device, amp=rt.amp, lr=hps.lr, tensorboard_dir=work / "tensorboard",
-            out_dir=work / "data", class_counts={str(i): 10 for i in range(args.classes)},
+        trainer.recorder = recording.Recorder(
+            trainer.model, main=True, enabled=True, interval=hps.debug_interval,
+            nan_loss="stop", device=placement.device, amp=placement.amp, lr=hps.lr,
+            tensorboard_dir=work / "tensorboard", out_dir=work / "data",
+            class_counts={str(i): 10 for i in range(args.classes)},
             hyperparameters=config.to_dict(hps))
-    return job
+    return trainer
 
 
 def batches(args, device):
@@ -66,18 +68,19 @@ def batches(args, device):
     return out
 
 
-def one_epoch(job, data, epoch: int) -> float:
-    sums = train.Sums(job.rt.device)
-    if job.rt.device.type == "cuda":
+def one_epoch(trainer, data, epoch: int) -> float:
+    device = trainer.placement.device
+    sums = train.RunningSums(device)
+    if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train.train_one_epoch(job, data, _Sampler(), epoch, 0, sums, None)
-    if job.recorder is not None:
+    train.train_one_epoch(trainer, data, _Sampler(), epoch, 0, sums, None)
+    if trainer.recorder is not None:
         row = {"epoch": epoch, "train_loss": sums.state()["loss"] / len(data),
                "train_acc": 0.5, "valid_loss": 1.0, "valid_acc": 0.5, "lr": 1e-3,
                "images_per_s": 100.0, "data_wait": 0.0, "seconds": 1.0}
-        job.recorder.end_epoch(row, None, {})
-    if job.rt.device.type == "cuda":
+        trainer.recorder.end_epoch(row, None, {})
+    if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / len(data)
 
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         jobs = {"off": make_job(args, False, Path(tmp)), "on": make_job(args, True, Path(tmp))}
-        data = batches(args, jobs["off"].rt.device)
+        data = batches(args, jobs["off"].placement.device)
         times: dict[str, list[float]] = {"off": [], "on": []}
         for epoch in range(1, args.rounds + 1):
             for name in (("off", "on") if epoch % 2 else ("on", "off")):
@@ -108,7 +111,7 @@ def main(argv=None) -> int:
     steady = {k: statistics.median(v[1:]) for k, v in times.items()}
     first = {k: v[0] for k, v in times.items()}
     result = {
-        "benchmark": "recording", "device": str(jobs["off"].rt.device), "model": args.model,
+        "benchmark": "recording", "device": str(jobs["off"].placement.device), "model": args.model,
         "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
         "rounds": args.rounds, "debug_interval": args.debug_interval, "amp": args.amp,
         "ms_per_step": {k: round(1000 * v, 3) for k, v in steady.items()},

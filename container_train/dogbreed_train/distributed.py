@@ -1,8 +1,9 @@
 """One process per GPU (or one per host on CPU), joined by torch.distributed.
 
-launch.py starts the processes with torchrun, which sets RANK, WORLD_SIZE and
-LOCAL_RANK. Without them this module reports a world of one and every helper
-is a no-op, so the single-process path has no distributed cost at all.
+launch.py starts the processes with torchrun, which sets RANK, WORLD_SIZE,
+LOCAL_RANK and LOCAL_WORLD_SIZE; ``init`` reads them once into a World. Without
+them this module reports a world of one and every helper is a no-op, so the
+single-process path has no distributed cost at all.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class World:
+    """This process's place among the job's processes, and the device it computes on."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # processes on this host
+    device: torch.device = torch.device("cpu")
 
     @property
     def main(self) -> bool:
@@ -32,13 +37,21 @@ class World:
 
 
 def init() -> World:
+    """This process's World (GPU number `local_rank` where there are GPUs), joined to
+    the others when there are several processes."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return World()
-    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(world.local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", world.local_rank))
+    rank, local_rank = 0, 0
+    if size > 1:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_size = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    device = (torch.device("cuda", local_rank) if torch.cuda.is_available()
+              else torch.device("cpu"))
+    world = World(rank, max(size, 1), local_rank, local_size, device)
+    if not world.distributed:
+        return world
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
     return world

@@ -8,9 +8,9 @@ whose ``errno`` becomes the container's exit code.
 
 One GPU and one host: ``python -m dogbreed_train``. Several GPUs or several hosts:
 torchrun starts one process per GPU (one per host on CPU) on every host, with
-the first host as the rendezvous. Hosts come from resourceconfig.json (SM_HOSTS and
-SM_CURRENT_HOST win when set); the toolkit does not export SM_* variables into its
-own process. DOGBREED_PROCS_PER_HOST overrides the number of processes per host.
+the first host as the rendezvous. Hosts and GPUs come from the cluster view
+(cluster.py, read once here). DOGBREED_PROCS_PER_HOST overrides the number of
+processes per host.
 This process is the container's PID 1 (entrypoint.py), so it passes SIGTERM on
 to the program, which stops and says so itself; a program that died of one
 before it could say so gets its ``Stopped:`` failure file from here.
@@ -18,7 +18,6 @@ before it could say so gets its ``Stopped:`` failure file from here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -28,7 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import errors, paths, stopping
+from . import errors, stopping
+from .cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -44,50 +44,21 @@ class TrainingFailed(Exception):
         self.errno = code
 
 
-def resource_config() -> dict:
-    """SageMaker's description of the cluster: hosts, this host, network interface."""
-    path = paths.config_dir() / "resourceconfig.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def gpu_count() -> int:
-    if os.environ.get("SM_NUM_GPUS"):
-        return int(os.environ["SM_NUM_GPUS"])
-    import torch  # only here: the launcher itself needs no torch otherwise
-
-    return torch.cuda.device_count()
-
-
-def procs_per_host() -> int:
+def procs_per_host(cluster: Cluster) -> int:
     override = os.environ.get("DOGBREED_PROCS_PER_HOST")
     if override:
         return max(1, int(override))
-    return max(1, gpu_count())
+    return max(1, cluster.gpus)
 
 
-def hosts() -> list[str]:
-    if os.environ.get("SM_HOSTS"):
-        return json.loads(os.environ["SM_HOSTS"])
-    return resource_config().get("hosts") or ["algo-1"]
-
-
-def current_host(all_hosts: list[str]) -> str:
-    return (os.environ.get("SM_CURRENT_HOST") or resource_config().get("current_host")
-            or all_hosts[0])
-
-
-def command() -> list[str]:
-    all_hosts, nproc = hosts(), procs_per_host()
-    if len(all_hosts) == 1 and nproc == 1:
+def command(cluster: Cluster) -> list[str]:
+    nproc = procs_per_host(cluster)
+    if not cluster.multi_host and nproc == 1:
         return [sys.executable, "-m", "dogbreed_train"]
-    current = current_host(all_hosts)
     # One host: loopback, which needs neither name resolution nor a network.
-    master = all_hosts[0] if len(all_hosts) > 1 else "127.0.0.1"
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(all_hosts)}",
-            f"--node-rank={all_hosts.index(current)}", f"--master-addr={master}",
+    master = cluster.master_host if cluster.multi_host else "127.0.0.1"
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(cluster.hosts)}",
+            f"--node-rank={cluster.host_rank}", f"--master-addr={master}",
             f"--master-port={MASTER_PORT}", f"--nproc-per-node={nproc}", "-m", "dogbreed_train"]
 
 
@@ -134,14 +105,11 @@ def socket_interface(named: str | None, master: str) -> tuple[str | None, str]:
     return None, f"{missing}no route to {master} found: gloo/NCCL choose"
 
 
-def environment() -> dict[str, str]:
+def environment(cluster: Cluster) -> dict[str, str]:
     env = dict(os.environ)
-    all_hosts = hosts()
-    if len(all_hosts) > 1 and not env.get("GLOO_SOCKET_IFNAME"):
+    if cluster.multi_host and not env.get("GLOO_SOCKET_IFNAME"):
         # the interface the hosts reach each other on
-        named = (env.get("SM_NETWORK_INTERFACE_NAME")
-                 or resource_config().get("network_interface_name"))
-        interface, why = socket_interface(named, all_hosts[0])
+        interface, why = socket_interface(cluster.network_interface, cluster.master_host)
         print(f"network interface: {why}", flush=True)
         if interface:
             env["GLOO_SOCKET_IFNAME"] = interface
@@ -151,7 +119,8 @@ def environment() -> dict[str, str]:
 
 def main() -> None:
     errors.clear_failure()
-    cmd = command()
+    cluster = Cluster.read()
+    cmd = command(cluster)
     child, stop_requested = None, False
 
     def forward(signum, frame):
@@ -164,7 +133,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, forward)
     if "torch.distributed.run" in cmd:
         print("launching: " + " ".join(cmd[1:]), flush=True)
-    child = subprocess.Popen(cmd, env=environment())
+    child = subprocess.Popen(cmd, env=environment(cluster))
     if stop_requested:  # it came while the program was being started
         child.send_signal(signal.SIGTERM)
     code = child.wait()

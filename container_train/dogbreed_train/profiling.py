@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -28,32 +29,34 @@ log = logging.getLogger(__name__)
 INPUT_BOUND = 0.20
 
 
-class StepTimer:
-    """Accumulates time blocked on the loader and time spent on everything else."""
+class TimedBatches:
+    """A loader whose iteration times itself, as torchvision's ``MetricLogger.log_every``
+    does: the time from asking for the next batch to getting it is data wait, the
+    rest (the loop body, with the step's GPU work queued) is compute. The loop that
+    iterates it needs no timing of its own; ``stats`` sums it up afterwards."""
 
-    def __init__(self):
-        self.wait = self.total = 0.0
-        self.images = 0
-        self._start = time.perf_counter()
-        self._mark = self._start
+    def __init__(self, batches: Iterable):
+        self.batches = batches
+        self.wait, self.images = 0.0, 0
+        self.started: float | None = None
 
-    def fetched(self) -> None:
-        """Call right after the next batch arrived."""
-        now = time.perf_counter()
-        self.wait += now - self._mark
-        self._mark = now
+    def __iter__(self) -> Iterator:
+        self.started = mark = time.perf_counter()
+        for batch in self.batches:
+            now = time.perf_counter()
+            self.wait += now - mark
+            self.images += len(batch[1])  # (images, labels, ...)
+            yield batch
+            mark = time.perf_counter()
 
-    def computed(self, images: int) -> None:
-        """Call after the step's work was queued."""
-        self.images += images
-        self._mark = time.perf_counter()
-
-    def stop(self, device: torch.device) -> dict:
+    def stats(self, device: torch.device) -> dict:
+        """Images/s and the shares of waiting and computing, up to now (after the
+        queued GPU work is done)."""
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        self.total = time.perf_counter() - self._start
-        share = self.wait / self.total if self.total > 0 else 0.0
-        return {"images_per_s": self.images / self.total if self.total > 0 else 0.0,
+        total = time.perf_counter() - self.started if self.started is not None else 0.0
+        share = self.wait / total if total > 0 else 0.0
+        return {"images_per_s": self.images / total if total > 0 else 0.0,
                 "data_wait": share, "compute": 1.0 - share,
                 "bound": "input-bound" if share > INPUT_BOUND else "compute-bound"}
 
@@ -161,7 +164,7 @@ def parse_window(text: str) -> tuple[int, int] | None:
     return int(start), int(end)
 
 
-def trace(window: tuple[int, int] | None, target: Path, rank: int):
+def trace(window: tuple[int, int] | None, target: Path, rank: int, device: torch.device):
     """A torch.profiler over `window` (call .step() after every training step)."""
     if window is None:
         return nullcontext(None)
@@ -169,7 +172,7 @@ def trace(window: tuple[int, int] | None, target: Path, rank: int):
 
     start, end = window
     activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     log.info("torch.profiler: tracing steps %d-%d into %s", start, end - 1, target)
     return profile(activities=activities,

@@ -4,12 +4,16 @@ Run it as ``python -m dogbreed_train`` (``--help`` lists the hyperparameters).
 Inside the image the SageMaker training toolkit starts it (see launch.py), once
 per GPU under torchrun when there are several GPUs or hosts.
 
-The loop, top to bottom: resume from the checkpoint if there is one; each epoch
-train (AMP and channels-last on GPU), validate, log METRIC and PERF lines,
-record statistics and evaluate the rules (recording.py, verdicts.py), save a
-checkpoint; then predict the test channel, export the model and write the
-report (report.py). Rank 0 alone logs metrics and writes files; metrics are
-summed over all ranks.
+It is laid out as torchvision's reference script (references/classification/
+train.py): ``train_one_epoch`` and ``evaluate`` over the loaders, ``run`` around
+them. Top to bottom: resume from the checkpoint if there is one (``resume``);
+each epoch (``train_epochs``) train (AMP and channels-last on GPU), validate,
+log METRIC and PERF lines, record statistics and evaluate the rules
+(recording.py, verdicts.py), save a checkpoint; then predict the test channel,
+export the model and write the report (``finish``, report.py). Rank 0 alone logs
+metrics and writes files; metrics are summed over all ranks. The loader timing
+behind the PERF line is profiling.TimedBatches; the cluster (hosts, CPUs, GPUs)
+is cluster.py's, read once.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from dogbreed_contract import metrics
 from dogbreed_contract.layout import label_name
@@ -44,6 +49,7 @@ from . import (
     recording,
     report,
 )
+from .cluster import Cluster
 from .errors import UserError
 from .models import build_model
 from .stopping import Stopped, StopRequest
@@ -54,11 +60,12 @@ log = logging.getLogger("dogbreed_train")
 STOP_SYNC_STEPS = 10
 
 
-@dataclass
-class Runtime:
+@dataclass(frozen=True)
+class Placement:
+    """Where this process's tensors go and in what form: its device, the autocast
+    precision and the memory format."""
+
     device: torch.device
-    workers: int
-    world: distributed.World
     amp: torch.dtype | None = None  # autocast dtype, None = full precision
     channels_last: bool = False
 
@@ -67,21 +74,17 @@ class Runtime:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def to_device(self, x: torch.Tensor, y: torch.Tensor):
-        x = x.to(self.device, non_blocking=True)
+    def to_device(self, images: torch.Tensor, targets: torch.Tensor):
+        images = images.to(self.device, non_blocking=True)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=True)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def cpu_count() -> int:
-    return int(os.environ.get("SM_NUM_CPUS") or os.cpu_count() or 1)
 
 
 def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
@@ -93,17 +96,22 @@ def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def runtime_for(hps: config.Hyperparameters, world: distributed.World) -> Runtime:
-    if torch.cuda.is_available():
-        device = torch.device("cuda", world.local_rank)
+def placement_for(hps: config.Hyperparameters, world: distributed.World) -> Placement:
+    """AMP and channels-last on GPU (with cuDNN autotuning and TF32), neither on CPU."""
+    device = world.device
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
-    per_host = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    auto = max(0, min(cpu_count() // per_host - 1, 8))
-    workers = hps.workers if hps.workers >= 0 else auto
-    return Runtime(device, workers, world, amp_dtype(hps.amp, device), device.type == "cuda")
+    return Placement(device, amp_dtype(hps.amp, device), device.type == "cuda")
+
+
+def loader_workers(hps: config.Hyperparameters, cluster: Cluster,
+                   world: distributed.World) -> int:
+    """The `workers` hyperparameter, or by default the host's CPUs shared out among
+    its processes, one left for the training loop, at most 8."""
+    if hps.workers >= 0:
+        return hps.workers
+    return max(0, min(cluster.cpus // world.local_size - 1, 8))
 
 
 def make_optimizer(hps: config.Hyperparameters, params) -> torch.optim.Optimizer:
@@ -125,232 +133,305 @@ def make_scheduler(hps: config.Hyperparameters, optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-class Sums:
-    """Running totals of one pass; kept on the device so the GPU is never waited on."""
+class RunningSums:
+    """Loss, correct answers and images seen over one pass; kept on the device so
+    the GPU is never waited on. Training, validation and the test predictions use it."""
 
-    def __init__(self, device, loss=0.0, correct=0, seen=0):
+    def __init__(self, device: torch.device, loss=0.0, correct=0, seen=0):
+        self.device = device
         self.loss = torch.tensor(float(loss), dtype=torch.float64, device=device)
         self.correct = torch.tensor(int(correct), dtype=torch.int64, device=device)
         self.seen = seen
 
-    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, loss_sum: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """A batch: its summed loss, and scores (logits or probabilities) per class."""
         self.loss += loss_sum.detach().double()
-        self.correct += (logits.argmax(1) == y).sum()
-        self.seen += len(y)
+        self.correct += (scores.argmax(1) == targets).sum()
+        self.seen += len(targets)
 
     def state(self) -> dict:
+        """The sums as numbers, for a checkpoint taken in the middle of an epoch."""
         return {"loss": self.loss.item(), "correct": int(self.correct.item()), "seen": self.seen}
 
-    def result(self, world: distributed.World, device) -> dict:
+    def result(self, world: distributed.World | None = None) -> dict:
+        """Mean loss, accuracy and the image count: over every rank of `world`, or of
+        this process alone."""
         s = self.state()
-        loss, correct, seen = distributed.sum_all(world, [s["loss"], s["correct"], s["seen"]],
-                                                  device)
+        totals = [s["loss"], s["correct"], s["seen"]]
+        if world is not None:
+            totals = distributed.sum_all(world, totals, self.device)
+        loss, correct, seen = totals
         return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen)}
 
 
 @dataclass
-class Job:
+class Trainer:
     """Everything one training run holds, so the loop functions stay short."""
 
     hps: config.Hyperparameters
-    rt: Runtime
-    core: nn.Module      # the bare model: checkpoints, hooks and export use this
-    model: nn.Module     # what runs: maybe DDP- and torch.compile-wrapped
+    world: distributed.World
+    placement: Placement
+    model: nn.Module           # the bare model: checkpoints, evaluation, hooks and export
+    training_model: nn.Module  # what the training step runs: DDP- and compile-wrapped if asked
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler
-    debug: debugger.Debugger
-    stop: StopRequest
-    bad: data.BadImages
+    debugger: debugger.Debugger
+    stop_request: StopRequest
+    bad_images: data.BadImages
     recorder: recording.Recorder | None = None
     steps_per_epoch: int = 0
 
-    def checkpoint(self, next_epoch: int, next_step: int, partial: dict, history: list,
-                   labels: list[str]) -> None:
+    def save_checkpoint(self, next_epoch: int, next_step: int, partial_sums: dict,
+                        history: list, labels: list[str]) -> None:
         # Every rank calls this: the shards change every epoch, so each rank may have
         # met bad images the others have not, and the checkpoint keeps them all.
-        self.bad.seen = distributed.union_all(self.rt.world, self.bad.seen)
-        if not self.rt.world.main:
+        self.bad_images.seen = distributed.union_all(self.world, self.bad_images.seen)
+        if not self.world.main:
             return
         target = checkpoints.save({
             "format": 1, "next_epoch": next_epoch, "next_step": next_step,
-            "partial": partial, "history": history, "labels": labels,
-            "bad_images": sorted(self.bad.seen),
-            "hyperparameters": config.to_dict(self.hps), "model": self.core.state_dict(),
+            "partial": partial_sums, "history": history, "labels": labels,
+            "bad_images": sorted(self.bad_images.seen),
+            "hyperparameters": config.to_dict(self.hps), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": checkpoints.rng_state()})
         where = f"epoch {next_epoch}" + (f", step {next_step}" if next_step else "")
         log.info("checkpoint saved to %s (resumes at %s)", target, where)
 
-    def stop_now(self, step: int) -> bool:
-        world = self.rt.world
-        if not world.distributed:
-            return self.stop.requested
+    def should_stop(self, step: int) -> bool:
+        """A SIGTERM came: on this rank alone, or (with several ranks, every
+        STOP_SYNC_STEPS steps) on any of them, so that all stop at the same step."""
+        if not self.world.distributed:
+            return self.stop_request.requested
         if step % STOP_SYNC_STEPS:
             return False
-        return distributed.any_rank(world, self.stop.requested, self.rt.device)
+        return distributed.any_rank(self.world, self.stop_request.requested, self.world.device)
 
 
-def train_one_epoch(job: Job, loader, sampler, epoch: int, start_step: int, sums: Sums,
-                    prof) -> tuple[dict, int]:
-    """Train one epoch from `start_step`; returns performance stats and the steps done."""
-    job.model.train()
-    job.debug.train()
-    sampler.set_epoch(epoch, start_step * job.hps.batch_size)
-    rt, step = job.rt, start_step
-    first_global = (epoch - 1) * job.steps_per_epoch
-    timer = profiling.StepTimer()
-    for x, y, bad in loader:
-        if job.hps.max_steps_per_epoch and step >= job.hps.max_steps_per_epoch:
-            break
-        timer.fetched()
-        job.bad.add(bad)
-        if len(y):
-            x, y = rt.to_device(x, y)
-            job.optimizer.zero_grad(set_to_none=True)
-            with rt.autocast():
-                logits = job.model(x)
-                loss = job.criterion(logits, y)
-            job.scaler.scale(loss).backward()
-            if job.recorder is not None:
-                job.recorder.after_backward(first_global + step, epoch, loss, job.scaler)
-            job.scaler.step(job.optimizer)
-            job.scaler.update()
-            sums.add(loss * len(y), logits, y)
+def first_batches(loader, count: int):
+    """The loader's first `count` batches. The one after them is fetched and dropped:
+    with workers=0 its augmentation draws from the global RNG, so a seed's results
+    (with max-steps-per-epoch) depend on it."""
+    for i, batch in enumerate(loader):
+        if i >= count:
+            return
+        yield batch
+
+
+def train_one_epoch(trainer: Trainer, loader, sampler, epoch: int, start_step: int,
+                    sums: RunningSums, profiler) -> tuple[dict, int]:
+    """Train one epoch from `start_step`; returns its throughput figures and the step
+    it got to."""
+    hps, placement = trainer.hps, trainer.placement
+    trainer.training_model.train()
+    trainer.debugger.train()
+    sampler.set_epoch(epoch, start_step * hps.batch_size)
+    if hps.max_steps_per_epoch:
+        loader = first_batches(loader, hps.max_steps_per_epoch - start_step)
+    batches = profiling.TimedBatches(loader)
+    first_global_step = (epoch - 1) * trainer.steps_per_epoch
+    step = start_step
+    for images, targets, bad in batches:
+        trainer.bad_images.add(bad)
+        if len(targets):
+            images, targets = placement.to_device(images, targets)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            with placement.autocast():
+                logits = trainer.training_model(images)
+                loss = trainer.criterion(logits, targets)
+            trainer.scaler.scale(loss).backward()
+            if trainer.recorder is not None:
+                trainer.recorder.after_backward(first_global_step + step, epoch, loss,
+                                                trainer.scaler)
+            trainer.scaler.step(trainer.optimizer)
+            trainer.scaler.update()
+            sums.add(loss * len(targets), logits, targets)
         step += 1
-        timer.computed(len(y))
-        if prof is not None:
-            prof.step()
-        if job.stop_now(step):
+        if profiler is not None:
+            profiler.step()
+        if trainer.should_stop(step):
             break
-    if job.recorder is not None:
-        job.recorder.flush()
-    return timer.stop(rt.device), step
+    if trainer.recorder is not None:
+        trainer.recorder.flush()
+    return batches.stats(placement.device), step
 
 
 @torch.no_grad()
-def evaluate(job: Job, loader, n_classes: int) -> tuple[dict, dict]:
+def evaluate(trainer: Trainer, loader, n_classes: int) -> tuple[dict, dict]:
     """Validation on this rank's shard, summed over ranks, and per-class counts
     (for ClassImbalance). Runs the bare model: shards differ in length, and
     DDP's collectives must not see uneven calls."""
-    job.core.eval()
-    job.debug.eval()
+    placement = trainer.placement
+    trainer.model.eval()
+    trainer.debugger.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    sums = Sums(job.rt.device)
-    total = torch.zeros(n_classes, dtype=torch.int64, device=job.rt.device)
-    correct = torch.zeros_like(total)
-    for x, y, bad in loader:
-        job.bad.add(bad)
-        if len(y) == 0:
+    sums = RunningSums(placement.device)
+    class_total = torch.zeros(n_classes, dtype=torch.int64, device=placement.device)
+    class_correct = torch.zeros_like(class_total)
+    for images, targets, bad in loader:
+        trainer.bad_images.add(bad)
+        if len(targets) == 0:
             continue
-        x, y = job.rt.to_device(x, y)
-        with job.rt.autocast():
-            logits = job.core(x)
-        sums.add(criterion(logits.float(), y), logits, y)
-        total += torch.bincount(y, minlength=n_classes)
-        correct += torch.bincount(y[logits.argmax(1) == y], minlength=n_classes)
-        if job.debug.active:  # the hook records the training criterion's output as EVAL loss
-            job.criterion(logits.float(), y)
-    counts = distributed.sum_all(job.rt.world, total.tolist() + correct.tolist(),
-                                 job.rt.device)
+        images, targets = placement.to_device(images, targets)
+        with placement.autocast():
+            logits = trainer.model(images)
+        sums.add(criterion(logits.float(), targets), logits, targets)
+        class_total += torch.bincount(targets, minlength=n_classes)
+        class_correct += torch.bincount(targets[logits.argmax(1) == targets],
+                                        minlength=n_classes)
+        if trainer.debugger.active:  # the hook records the training criterion as EVAL loss
+            trainer.criterion(logits.float(), targets)
+    counts = distributed.sum_all(trainer.world, class_total.tolist() + class_correct.tolist(),
+                                 placement.device)
     per_class = {"total": [int(c) for c in counts[:n_classes]],
                  "correct": [int(c) for c in counts[n_classes:]]}
-    return sums.result(job.rt.world, job.rt.device), per_class
+    return sums.result(trainer.world), per_class
 
 
 @torch.no_grad()
-def predict_split(job: Job, split: data.Split, spec: Spec, root, labels) -> tuple[dict, list]:
+def predict_split(trainer: Trainer, split: data.Split, spec: Spec, root,
+                  labels) -> tuple[dict, list]:
     """Test metrics and per-image predictions of the evaluation path in one pass (rank 0).
 
     The predictions are for error analysis and for checking that the endpoint
     answers the same (tests/test_serve_container.py).
     """
-    job.core.eval()
-    rows, loss, correct = [], 0.0, 0
-    size = job.hps.test_batch_size
+    placement = trainer.placement
+    trainer.model.eval()
+    sums, rows = RunningSums(placement.device), []
+    size = trainer.hps.test_batch_size
     for start in range(0, len(split.samples), size):
-        chunk, tensors = [], []
+        chunk, arrays = [], []
         for path, label in split.samples[start:start + size]:
             try:
-                tensors.append(torch.from_numpy(load_eval_array(path, spec)))
+                arrays.append(torch.from_numpy(load_eval_array(path, spec)))
                 chunk.append((path, label))
             except ValueError as exc:
-                job.bad.add([data.BadImage(data.sample_name(split, path), str(exc))])
-        if not tensors:
+                trainer.bad_images.add([data.BadImage(data.sample_name(split, path), str(exc))])
+        if not arrays:
             continue
-        x, y = job.rt.to_device(torch.stack(tensors), torch.tensor([c[1] for c in chunk]))
-        with job.rt.autocast():
-            logits = job.core(x)
-        logp = torch.log_softmax(logits.float(), 1)
-        loss += float(-logp.gather(1, y[:, None]).sum())
-        probs = logp.exp().cpu()
-        for (path, label), p in zip(chunk, probs, strict=True):
+        images, targets = placement.to_device(
+            torch.stack(arrays), torch.tensor([label for _, label in chunk]))
+        with placement.autocast():
+            logits = trainer.model(images)
+        log_probs = torch.log_softmax(logits.float(), 1)
+        probs = log_probs.exp()
+        sums.add(-log_probs.gather(1, targets[:, None]).sum(), probs, targets)
+        for (path, label), p in zip(chunk, probs.cpu(), strict=True):
             best = int(p.argmax())
-            correct += best == label
             rows.append({"image": str(path.relative_to(root)), "label": labels[label],
                          "predicted": labels[best], "probability": float(p[best])})
-    seen = len(rows)
-    return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "images": seen}, rows
+    return sums.result(), rows
 
 
-def build_job(hps: config.Hyperparameters, rt: Runtime, n_classes: int) -> Job:
-    core = build_model(hps.model, n_classes, hps.hidden_units, hps.dropout, hps.pretrained,
-                       hps.freeze_backbone, paths.channel_dir("weights")).to(rt.device)
-    if rt.channels_last:
-        core = core.to(memory_format=torch.channels_last)
-    model = core
-    if rt.world.distributed:
-        ids = [rt.device.index] if rt.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(core, device_ids=ids)
+def build_trainer(hps: config.Hyperparameters, world: distributed.World,
+                  placement: Placement, n_classes: int) -> Trainer:
+    model = build_model(hps.model, n_classes, hps.hidden_units, hps.dropout, hps.pretrained,
+                        hps.freeze_backbone, paths.channel_dir("weights")).to(placement.device)
+    if placement.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    training_model = model
+    if world.distributed:
+        ids = [placement.device.index] if placement.device.type == "cuda" else None
+        training_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if hps.compile:
         if not (shutil.which("cc") or shutil.which("gcc")):
             raise UserError("compile=true needs a C compiler (gcc) for the kernels "
                             "torch.compile generates, and this image has none; set "
                             "compile=false, or build the image with gcc in its runtime stage.")
-        model = torch.compile(model)
+        training_model = torch.compile(training_model)
     criterion = nn.CrossEntropyLoss(label_smoothing=hps.label_smoothing)
-    optimizer = make_optimizer(hps, core.parameters())
-    return Job(hps, rt, core, model, criterion, optimizer, make_scheduler(hps, optimizer),
-               torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16),
-               debugger.create(core, criterion, enabled=rt.world.main), StopRequest(),
-               data.BadImages(hps.bad_images))
+    optimizer = make_optimizer(hps, model.parameters())
+    return Trainer(
+        hps=hps, world=world, placement=placement, model=model, training_model=training_model,
+        criterion=criterion, optimizer=optimizer, scheduler=make_scheduler(hps, optimizer),
+        scaler=torch.amp.GradScaler(placement.device.type,
+                                    enabled=placement.amp == torch.float16),
+        debugger=debugger.create(model, criterion, enabled=world.main),
+        stop_request=StopRequest(), bad_images=data.BadImages(hps.bad_images))
 
 
-def resume(job: Job, labels: list[str]) -> dict | None:
+@dataclass
+class Progress:
+    """Where the epoch loop starts: epoch 1, or where a checkpoint left off (the
+    epochs done, and the steps and running sums of an epoch cut short)."""
+
+    history: list = field(default_factory=list)
+    first_epoch: int = 1
+    start_step: int = 0
+    partial_sums: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> Progress:
+        step = state["next_step"]
+        return cls(state["history"], state["next_epoch"], step,
+                   state["partial"] if step else {})
+
+
+def resume(trainer: Trainer, labels: list[str]) -> Progress:
     """Restore the checkpoint (rank 0 reads it, every rank gets it)."""
-    world = job.rt.world
-    state = checkpoints.load(config.to_dict(job.hps), labels) if world.main else None
-    state = distributed.broadcast(world, state, job.rt.device)
+    world = trainer.world
+    state = checkpoints.load(config.to_dict(trainer.hps), labels) if world.main else None
+    state = distributed.broadcast(world, state, world.device)
     if state is None:
-        return None
-    job.core.load_state_dict(state["model"])
-    job.optimizer.load_state_dict(state["optimizer"])
-    job.scheduler.load_state_dict(state["scheduler"])
-    job.scaler.load_state_dict(state["scaler"])
+        return Progress()
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
     checkpoints.set_rng_state(state["rng"])
-    job.bad.seen.update(state.get("bad_images", []))
+    trainer.bad_images.seen.update(state.get("bad_images", []))
     where = f"epoch {state['next_epoch']}"
     if state["next_step"]:
         where += f", step {state['next_step']}"
     log.info("resuming from checkpoint %s at %s", checkpoints.path(), where)
-    return state
+    return Progress.from_checkpoint(state)
+
+
+class Loaders(NamedTuple):
+    """This rank's loaders; the training sampler sets each epoch's order and start."""
+
+    train: DataLoader
+    train_sampler: distributed.EpochSampler
+    valid: DataLoader
+
+
+def make_loaders(hps: config.Hyperparameters, world: distributed.World, workers: int,
+                 spec: Spec, train_split: data.Split, valid_split: data.Split) -> Loaders:
+    """Training batches shuffled per epoch and sharded (padded) across ranks;
+    validation sharded in order, unpadded."""
+    options = dict(workers=workers, seed=hps.seed, pin_memory=world.device.type == "cuda")
+    train_sampler = distributed.EpochSampler(len(train_split.samples), world, hps.seed,
+                                             shuffle=True, pad=True)
+    train_loader = data.loader(train_split, data.train_transform(spec, hps.augment),
+                               hps.batch_size, shuffle=False, sampler=train_sampler,
+                               training=True, **options)
+    valid_sampler = distributed.EpochSampler(len(valid_split.samples), world, hps.seed,
+                                             shuffle=False, pad=False)
+    valid_loader = data.loader(valid_split, data.EvalTransform(spec), hps.test_batch_size,
+                               shuffle=False, sampler=valid_sampler, **options)
+    return Loaders(train_loader, train_sampler, valid_loader)
 
 
 def run(hps: config.Hyperparameters) -> dict | None:
     """Train, evaluate and save; returns the metrics record (on rank 0)."""
+    cluster = Cluster.read()
     world = distributed.init()
     try:
-        return _run(hps, world)
+        return _run(hps, cluster, world)
     finally:
         distributed.shutdown(world)
 
 
-def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
+def _run(hps: config.Hyperparameters, cluster: Cluster,
+         world: distributed.World) -> dict | None:
     if not world.main:
         logging.getLogger().setLevel(logging.WARNING)
     seed_everything(hps.seed + world.rank)
-    rt = runtime_for(hps, world)
+    placement = placement_for(hps, world)
+    workers = loader_workers(hps, cluster, world)
     model_dir, out_dir = paths.model_dir(), paths.output_data_dir()
     if world.main:
         artifacts.check_writable(model_dir, out_dir)
@@ -362,126 +443,112 @@ def _run(hps: config.Hyperparameters, world: distributed.World) -> dict | None:
     log.info("data: %d classes, %d train / %d valid / %s test images; device %s, %d "
              "process(es), %d loader workers each, amp %s", len(labels),
              len(train_split.samples), len(valid_split.samples),
-             len(test_split.samples) if test_split else "no", rt.device, world.size,
-             rt.workers, str(rt.amp).replace("torch.", "") if rt.amp else "off")
+             len(test_split.samples) if test_split else "no", placement.device, world.size,
+             workers, str(placement.amp).replace("torch.", "") if placement.amp else "off")
 
     spec = Spec.for_size(hps.image_size)
-    job = build_job(hps, rt, len(labels))
-    state = resume(job, labels)
-    counts = [0] * len(labels)
+    trainer = build_trainer(hps, world, placement, len(labels))
+    progress = resume(trainer, labels)
+    class_counts = [0] * len(labels)
     for _, label in train_split.samples:
-        counts[label] += 1
-    job.recorder = recording.Recorder(
-        job.core, main=world.main, enabled=hps.record, interval=hps.debug_interval,
-        nan_loss=hps.nan_loss, device=rt.device, amp=rt.amp, lr=hps.lr,
+        class_counts[label] += 1
+    trainer.recorder = recording.Recorder(
+        trainer.model, main=world.main, enabled=hps.record, interval=hps.debug_interval,
+        nan_loss=hps.nan_loss, device=placement.device, amp=placement.amp, lr=hps.lr,
         tensorboard_dir=paths.tensorboard_dir(), out_dir=out_dir,
-        class_counts=dict(zip(labels, counts, strict=True)),
+        class_counts=dict(zip(labels, class_counts, strict=True)),
         hyperparameters=config.to_dict(hps))
 
-    common = dict(workers=rt.workers, seed=hps.seed,
-                  pin_memory=rt.device.type == "cuda")
-    train_sampler = distributed.EpochSampler(len(train_split.samples), world, hps.seed,
-                                             shuffle=True, pad=True)
-    train_loader = data.loader(train_split, data.train_transform(spec, hps.augment),
-                               hps.batch_size, shuffle=False, sampler=train_sampler,
-                               training=True, **common)
-    valid_loader = data.loader(valid_split, data.EvalTransform(spec), hps.test_batch_size,
-                               shuffle=False, sampler=distributed.EpochSampler(
-                                   len(valid_split.samples), world, hps.seed, False, False),
-                               **common)
-
-    history = state["history"] if state else []
-    first_epoch = state["next_epoch"] if state else 1
-    start_step = state["next_step"] if state else 0
-    partial = state["partial"] if state and start_step else {}
-    window = profiling.parse_window(hps.profile_steps)
-    gpu = profiling.GpuSampler(rt.device)
-    job.steps_per_epoch = len(train_loader)
+    loaders = make_loaders(hps, world, workers, spec, train_split, valid_split)
+    trainer.steps_per_epoch = len(loaders.train)
     if hps.max_steps_per_epoch:
-        job.steps_per_epoch = min(job.steps_per_epoch, hps.max_steps_per_epoch)
+        trainer.steps_per_epoch = min(trainer.steps_per_epoch, hps.max_steps_per_epoch)
     try:
-        history = _epochs(job, hps, (train_loader, train_sampler, valid_loader), gpu, window,
-                          (history, first_epoch, start_step, partial), labels)
+        history = train_epochs(trainer, loaders, progress, labels)
     except recording.NonFiniteLoss:
-        job.recorder.close()  # the verdicts and statistics up to the bad step
+        trainer.recorder.close()  # the verdicts and statistics up to the bad step
         if world.main:
             report.write_safely(out_dir)
         raise
-    job.stop.training_done(job.stop_now(0))  # from here on a SIGTERM stops at once
-    job.debug.close()
+    trainer.stop_request.training_done(trainer.should_stop(0))  # a SIGTERM now stops at once
+    trainer.debugger.close()
     # A bad image met by two ranks (in different epochs' shards) counts once.
-    job.bad.seen = distributed.union_all(world, job.bad.seen)
+    trainer.bad_images.seen = distributed.union_all(world, trainer.bad_images.seen)
     distributed.barrier(world)
     if not world.main:
-        job.recorder.close()
+        trainer.recorder.close()
         return None
-    return finish(job, spec, labels, folders, history,
+    return finish(trainer, spec, labels, folders, history,
                   (train_split, valid_split, test_split), out_dir, model_dir)
 
 
-def _epochs(job: Job, hps: config.Hyperparameters, loaders, gpu, window, start, labels):
+def train_epochs(trainer: Trainer, loaders: Loaders, progress: Progress,
+                 labels: list[str]) -> list[dict]:
     """The epoch loop: train, validate, log, record, checkpoint; returns the history."""
-    rt, world = job.rt, job.rt.world
-    train_loader, train_sampler, valid_loader = loaders
-    history, first_epoch, start_step, partial = start
-    trace_dir = paths.tensorboard_dir()
-    with profiling.trace(window, trace_dir, world.rank) as prof:
-        for epoch in range(first_epoch, hps.epochs + 1):
-            lr = job.optimizer.param_groups[0]["lr"]
+    hps, world, device = trainer.hps, trainer.world, trainer.placement.device
+    history = progress.history
+    start_step, partial_sums = progress.start_step, progress.partial_sums
+    gpu = profiling.GpuSampler(device)
+    window = profiling.parse_window(hps.profile_steps)
+    with profiling.trace(window, paths.tensorboard_dir(), world.rank, device) as profiler:
+        for epoch in range(progress.first_epoch, hps.epochs + 1):
+            lr = trainer.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
-            sums = Sums(rt.device, **partial)
+            train_sums = RunningSums(device, **partial_sums)
             gpu.epoch = epoch
             with gpu:
-                perf, steps = train_one_epoch(job, train_loader, train_sampler, epoch,
-                                              start_step, sums, prof)
-            if job.stop_now(0):
-                job.checkpoint(epoch, steps, sums.state(), history, labels)
-                job.debug.close()
+                perf, steps = train_one_epoch(trainer, loaders.train, loaders.train_sampler,
+                                              epoch, start_step, train_sums, profiler)
+            if trainer.should_stop(0):
+                trainer.save_checkpoint(epoch, steps, train_sums.state(), history, labels)
+                trainer.debugger.close()
                 raise Stopped(f"SIGTERM at epoch {epoch}, step {steps}; checkpoint saved in "
                               f"{paths.checkpoint_dir()}. Run the job again to resume.")
-            tr = sums.result(world, rt.device)
-            job.scheduler.step()
-            va, per_class = evaluate(job, valid_loader, len(labels))
+            train_metrics = train_sums.result(world)
+            trainer.scheduler.step()
+            valid_metrics, per_class = evaluate(trainer, loaders.valid, len(labels))
             seconds = time.perf_counter() - started
-            log.info(metrics.epoch_line(epoch, hps.epochs, tr, va, lr, seconds))
-            use = gpu.summary()
-            log.info(profiling.perf_line(epoch, hps.epochs, {**perf, **use}))
-            row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                   "valid_loss": va["loss"], "valid_acc": va["acc"], "lr": lr,
-                   "train_images": tr["images"], "valid_images": va["images"],
-                   "seconds": round(seconds, 3),
+            log.info(metrics.epoch_line(epoch, hps.epochs, train_metrics, valid_metrics, lr,
+                                        seconds))
+            gpu_use = gpu.summary()
+            log.info(profiling.perf_line(epoch, hps.epochs, {**perf, **gpu_use}))
+            row = {"epoch": epoch, "train_loss": train_metrics["loss"],
+                   "train_acc": train_metrics["acc"], "valid_loss": valid_metrics["loss"],
+                   "valid_acc": valid_metrics["acc"], "lr": lr,
+                   "train_images": train_metrics["images"],
+                   "valid_images": valid_metrics["images"], "seconds": round(seconds, 3),
                    "images_per_s": round(perf["images_per_s"] * world.size, 1),
                    "data_wait": round(perf["data_wait"], 3)}
-            row.update({k: round(v, 3) for k, v in use.items()})
+            row.update({k: round(v, 3) for k, v in gpu_use.items()})
             history.append(row)
-            job.recorder.end_epoch(row, per_class, gpu.series)
-            job.checkpoint(epoch + 1, 0, {}, history, labels)
-            start_step, partial = 0, {}
+            trainer.recorder.end_epoch(row, per_class, gpu.series)
+            trainer.save_checkpoint(epoch + 1, 0, {}, history, labels)
+            start_step, partial_sums = 0, {}
     return history
 
 
-def finish(job: Job, spec: Spec, labels, folders, history, splits, out_dir,
+def finish(trainer: Trainer, spec: Spec, labels, folders, history, splits, out_dir,
            model_dir) -> dict:
     """Test predictions, rule verdicts and the exported model (rank 0)."""
-    hps = job.hps
+    hps = trainer.hps
     train_split, valid_split, test_split = splits
     test, predictions, evaluated = None, [], None
     if test_split is not None:
-        test, predictions = predict_split(job, test_split, spec, paths.channel_dir("test"),
-                                          labels)
+        test, predictions = predict_split(trainer, test_split, spec,
+                                          paths.channel_dir("test"), labels)
         log.info(metrics.test_line(test))
         artifacts.save_json(out_dir / "test_predictions.json", predictions)
         evaluated = ("test", paths.channel_dir("test"))
     elif hps.record:  # the report's confusion matrix comes from validation instead
         root = valid_split.samples[0][0].parents[1] if valid_split.samples else None
-        _, predictions = predict_split(job, valid_split, spec, root, labels) if root else (
+        _, predictions = predict_split(trainer, valid_split, spec, root, labels) if root else (
             None, [])
         artifacts.save_json(out_dir / "valid_predictions.json", predictions)
         evaluated = ("valid", root)
-    if job.debug.active:
-        report_rules(job.debug.tensor_dir, out_dir)
+    if trainer.debugger.active:
+        report_rules(trainer.debugger.tensor_dir, out_dir)
 
-    dropped = len(job.bad.seen)  # training's, from every rank, and the test set's
+    dropped = len(trainer.bad_images.seen)  # training's, from every rank, and the test set's
     skipped = {s.name: len(s.skipped) for s in splits if s}
     if dropped or any(skipped.values()):
         log.warning("images skipped as unreadable: %d at scan time %s, %d while decoding",
@@ -492,22 +559,22 @@ def finish(job: Job, spec: Spec, labels, folders, history, splits, out_dir,
     if test:
         summary.update(test_loss=test["loss"], test_acc=test["acc"])
 
-    exported = job.core
-    if job.debug.active:  # smdebug's module hooks would run (and fail) inside torch.export
+    exported = trainer.model
+    if trainer.debugger.active:  # smdebug's module hooks would run (and fail) in torch.export
         exported = build_model(hps.model, len(labels), hps.hidden_units, hps.dropout,
                                pretrained=False, freeze_backbone=False, weights_dir=None)
-        exported.load_state_dict(job.core.state_dict())
+        exported.load_state_dict(trainer.model.state_dict())
     artifacts.save_model(exported, model_dir, labels=labels, class_folders=folders, spec=spec,
                          architecture=hps.model, hyperparameters=config.to_dict(hps),
                          summary=summary)
     record = {"history": history, "test": test, "summary": summary, "labels": labels,
-              "processes": job.rt.world.size,
+              "processes": trainer.world.size,
               "images": {"train": len(train_split.samples), "valid": len(valid_split.samples),
                          "test": len(test_split.samples) if test_split else 0},
               "skipped_images": {"scan": skipped, "decode": dropped}}
     artifacts.save_metrics(out_dir, record)
     if hps.record:
-        job.recorder.close(test)
+        trainer.recorder.close(test)
         report.thumbnails_safely(out_dir, predictions, evaluated)
         report.write_safely(out_dir)
     # Worded unlike the METRIC lines so the metric regexes never count it twice.

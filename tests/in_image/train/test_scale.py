@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dogbreed_train import checkpoints, config, launch, profiling, rules
+from dogbreed_train.cluster import Cluster
 from dogbreed_train.distributed import EpochSampler, World
 from dogbreed_train.errors import UserError
 from dogbreed_train.train import amp_dtype
@@ -118,7 +119,7 @@ def test_launch_command(monkeypatch, hosts, current, gpus, procs, expect):
         monkeypatch.setenv("DOGBREED_PROCS_PER_HOST", procs)
     else:
         monkeypatch.delenv("DOGBREED_PROCS_PER_HOST", raising=False)
-    cmd = launch.command()
+    cmd = launch.command(Cluster.read())
     assert cmd[-2:] == ["-m", "dogbreed_train"]
     if expect is None:
         assert "torch.distributed.run" not in cmd
@@ -155,9 +156,9 @@ def network(tmp_path, monkeypatch):
 def test_gloo_interface_only_across_hosts(network, monkeypatch):
     monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "eth0")
     monkeypatch.setenv("SM_HOSTS", '["algo-1"]')
-    assert "GLOO_SOCKET_IFNAME" not in launch.environment()
+    assert "GLOO_SOCKET_IFNAME" not in launch.environment(Cluster.read())
     monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
-    assert launch.environment()["GLOO_SOCKET_IFNAME"] == "eth0"
+    assert launch.environment(Cluster.read())["GLOO_SOCKET_IFNAME"] == "eth0"
 
 
 def test_a_named_interface_that_is_missing_gives_way_to_the_route(network, monkeypatch,
@@ -165,7 +166,7 @@ def test_a_named_interface_that_is_missing_gives_way_to_the_route(network, monke
     """SDK v3 local mode names "ethwe"; the container has eth0/eth1 only."""
     monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "ethwe")
     monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
-    env = launch.environment()
+    env = launch.environment(Cluster.read())
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "eth1"  # /16 beats default
     assert "ethwe (named) does not exist here; eth1, which routes to algo-1 (10.1.2.3)" in \
         capsys.readouterr().out
@@ -174,7 +175,7 @@ def test_a_named_interface_that_is_missing_gives_way_to_the_route(network, monke
 def test_no_route_and_no_interface_leaves_the_choice_to_gloo(network, monkeypatch, capsys):
     monkeypatch.setenv("SM_NETWORK_INTERFACE_NAME", "ethwe")
     monkeypatch.setenv("SM_HOSTS", '["algo-9", "algo-2"]')
-    assert "GLOO_SOCKET_IFNAME" not in launch.environment()
+    assert "GLOO_SOCKET_IFNAME" not in launch.environment(Cluster.read())
     assert "no route to algo-9 found" in capsys.readouterr().out
 
 
@@ -196,16 +197,19 @@ def test_profile_window_validation(window, ok):
             config.parse({"profile-steps": window})
 
 
-def test_step_timer_tells_waiting_from_computing():
+def test_timed_batches_tell_waiting_from_computing():
     import time
 
-    timer = profiling.StepTimer()
-    for _ in range(3):
-        time.sleep(0.03)   # blocked on data
-        timer.fetched()
+    def slow_loader():
+        for _ in range(3):
+            time.sleep(0.03)   # blocked on data
+            yield torch.zeros(8, 3), torch.zeros(8), []
+
+    batches = profiling.TimedBatches(slow_loader())
+    for _ in batches:
         time.sleep(0.005)  # computing
-        timer.computed(8)
-    stats = timer.stop(torch.device("cpu"))
+    stats = batches.stats(torch.device("cpu"))
+    assert stats["images_per_s"] > 0 and batches.images == 24
     assert stats["data_wait"] > 0.7 and stats["bound"] == "input-bound"
     assert "data_wait=" in profiling.perf_line(1, 2, stats)
 
@@ -272,9 +276,9 @@ def test_hosts_come_from_resourceconfig(sm_base, network, monkeypatch):
     (config_dir / "resourceconfig.json").write_text(json.dumps(
         {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"],
          "network_interface_name": "eth1"}))
-    cmd = launch.command()
+    cmd = launch.command(Cluster.read())
     assert {"--nnodes=2", "--node-rank=1", "--master-addr=algo-1"} <= set(cmd)
-    assert launch.environment()["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert launch.environment(Cluster.read())["GLOO_SOCKET_IFNAME"] == "eth1"
 
 
 def test_compile_without_a_compiler_says_so(sm_base, monkeypatch):
@@ -285,6 +289,6 @@ def test_compile_without_a_compiler_says_so(sm_base, monkeypatch):
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     hps = config.parse({"model": "resnet18", "pretrained": "false", "compile": "true"})
-    rt = train.runtime_for(hps, distributed.World())
+    world = distributed.World()
     with pytest.raises(UserError, match="compile=true needs a C compiler"):
-        train.build_job(hps, rt, 3)
+        train.build_trainer(hps, world, train.placement_for(hps, world), 3)
