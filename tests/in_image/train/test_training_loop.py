@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
+from dogbreed_contract.layout import label_name
+from dogbreed_contract.preprocess import Spec
 from dogbreed_train import config, data, distributed, train
 from dogbreed_train.cluster import Cluster
-from dogbreed_train.preprocess import Spec
 from synthetic import make_dataset
 
 CLUSTER_VARS = ("SM_HOSTS", "SM_CURRENT_HOST", "SM_NUM_GPUS", "SM_NUM_CPUS",
@@ -99,7 +100,7 @@ def test_test_predictions_agree_with_validation(sm_base):
     make_dataset(sm_base / "input" / "data", {"train": 7, "valid": 1}, size=40)
     folders, train_split, _, _ = data.discover(0.1, 0, "skip")
     trainer = small_trainer(len(folders))
-    labels = [data.label_name(f) for f in folders]
+    labels = [label_name(f) for f in folders]
     spec = Spec.for_size(32)
     loaders = train.make_loaders(trainer.hps, trainer.world, 0, spec, train_split,
                                  train_split)
