@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -35,13 +34,11 @@ from dogbreed_contract.model_card import ModelCard
 
 
 def server_threads() -> tuple[int, int]:
-    """(workers, intra-op threads per worker) as dogbreed_serve.server/handler pick them."""
-    from dogbreed_serve.model import threads_for
-    from dogbreed_serve.server import default_workers
+    """(workers, intra-op threads per worker) as serve and its workers pick them."""
     from dogbreed_serve.settings import Settings
 
-    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or default_workers())
-    return workers, Settings.from_env().intra_op_threads or threads_for(workers)
+    settings = Settings.from_env()
+    return settings.workers, settings.threads_per_worker
 
 
 def time_calls(fn, x, min_iters: int, min_seconds: float) -> list[float]:

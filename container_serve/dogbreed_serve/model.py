@@ -11,7 +11,6 @@ from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
 from dogbreed_contract.model_card import REDO, ModelCard
 
 # benchmarks/forward.py runs in old and new images alike and imports it from here.
-from .settings import threads_for  # noqa: F401
 
 
 def session_options(intra_op_threads: int, spinning: bool = False):
@@ -49,16 +48,16 @@ def open_session(model_dir: Path, card: ModelCard, intra_op_threads: int,
                          f"({type(exc).__name__}{': ' + first if first else ''}): {REDO}") from None
 
 
-def validate(model_dir: str | Path, spinning: bool = False) -> dict:
-    """Everything serve checks before MMS starts; returns what /metrics shows of the model.
+def validate(model_dir: str | Path, card: ModelCard, spinning: bool = False) -> dict:
+    """Everything serve checks before MMS starts, given the card it loaded; returns what
+    /metrics shows of the model.
 
-    The model card, the ONNX session, its input, and its output width against the
-    labels: a model with more outputs than labels would fail every request.
+    The ONNX session, its input, and its output width against the card's labels: a
+    model with more outputs than labels would fail every request.
     """
     import onnxruntime as ort
 
     model_dir = Path(model_dir)
-    card = ModelCard.load(model_dir)
     session = open_session(model_dir, card, intra_op_threads=1, spinning=spinning)
     inputs = {i.name: i for i in session.get_inputs()}
     if card.input_name not in inputs:

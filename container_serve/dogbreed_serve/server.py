@@ -44,12 +44,7 @@ from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
 from dogbreed_contract.model_card import ModelCard
 
 from . import config_files, logs
-from .settings import (
-    READY_FILE,
-    RUN_DIR_ENV,
-    Settings,
-    default_workers,  # noqa: F401 - benchmarks/forward.py imports it here
-)
+from .settings import READY_FILE, RUN_DIR_ENV, Settings
 from .supervisor import Failure, State, Stop, Supervisor
 
 log = logging.getLogger("dogbreed_serve.server")
@@ -133,7 +128,7 @@ def start(supervisor: Supervisor, settings: Settings) -> int:
         settings = replace(settings, model_dir=drop_privileges(settings.model_dir,
                                                                card.model_file, base))
         supervisor.check_stop()
-        model = validate(settings.model_dir, settings.ort_spinning)  # as the serving user
+        model = validate(settings.model_dir, card, settings.ort_spinning)  # as the serving user
     except ModelCardError as exc:
         raise Failure(f"the model cannot be served: {exc}", 2) from None
     supervisor.check_stop()
