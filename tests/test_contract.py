@@ -112,7 +112,8 @@ def test_layout_ignores_hidden_folders_macosx_and_other_suffixes(tmp_path):
     (root / "loose.jpg").write_bytes(b"x")
     assert layout.class_folders(root) == ["001.Red", "002.Blue", "003.Empty"]
     assert [p.name for p in layout.image_files(root / "001.Red")] == ["a.jpg", "b.PNG"]
-    assert layout.empty_classes(root, layout.class_folders(root)) == ["003.Empty"]
+    images = layout.images_by_class(root, layout.class_folders(root))
+    assert layout.empty_classes(images) == ["003.Empty"]
     assert layout.loose_files(root) == ["loose.jpg"]
     assert layout.label_name("001.Red") == "Red" and layout.label_name("Blue") == "Blue"
     assert layout.unknown_classes(["001.Red", "009.Green"], ["001.Red", "002.Blue"]) == [

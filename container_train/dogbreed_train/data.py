@@ -51,11 +51,13 @@ def scan(name: str, root: Path, classes: list[str], bad_images: str) -> Split:
         log.info("%s: folder(s) %s are not classes: ignored", name, ", ".join(ignored))
     other_formats: Counter[str] = Counter()
     other_example = ""
-    for folder in class_folders(root):
-        if folder not in index:
-            raise UserError(
-                f"channel '{name}' has class folder '{folder}' that the train channel does "
-                f"not have; every class in {name} must also be in train.")
+    folders = class_folders(root)
+    unknown = layout.unknown_classes(folders, classes)
+    if unknown:
+        raise UserError(
+            f"channel '{name}' has class folder '{unknown[0]}' that the train channel does "
+            f"not have; every class in {name} must also be in train.")
+    for folder in folders:
         for path in files_in(root / folder):
             if not is_image_file(path):
                 other_formats[path.suffix.lower() or "(no suffix)"] += 1

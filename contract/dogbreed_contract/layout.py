@@ -82,7 +82,12 @@ def unknown_classes(classes: list[str], train_classes: list[str]) -> list[str]:
     return sorted(c for c in classes if c not in known)
 
 
-def empty_classes(root: Path, classes: list[str]) -> list[str]:
+def images_by_class(root: Path, classes: list[str]) -> dict[str, list[Path]]:
+    """Each class folder's images (image_files), walked once."""
+    return {c: image_files(root / c) for c in classes}
+
+
+def empty_classes(images: dict[str, list[Path]]) -> list[str]:
     """Class folders without a single image training would read."""
-    return [c for c in classes if not image_files(root / c)]
+    return [c for c, files in images.items() if not files]
 

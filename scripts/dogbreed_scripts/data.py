@@ -114,10 +114,11 @@ def check_layout(root: Path) -> Layout:
             raise ConfigError(f"{d} has files outside class folders (e.g. {loose[0]}); "
                               "put each image in a folder named after its class")
         classes = contract_layout.class_folders(d)
-        files = sorted(f for c in classes for f in contract_layout.image_files(d / c))
+        images = contract_layout.images_by_class(d, classes)
+        files = sorted(f for class_images in images.values() for f in class_images)
         if not classes or not files:
             raise ConfigError(f"{d} has no class folders with {media.SUFFIXES_SHOWN} images")
-        empty = contract_layout.empty_classes(d, classes)
+        empty = contract_layout.empty_classes(images)
         if empty:
             raise ConfigError(f"{d}: class folder(s) without images: {', '.join(empty[:5])}")
         result.files[split], result.classes[split] = files, set(classes)
