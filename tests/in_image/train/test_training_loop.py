@@ -83,12 +83,11 @@ def test_one_epoch_stops_at_max_steps_and_times_its_batches(sm_base):
     make_dataset(sm_base / "input" / "data", {"train": 6, "valid": 1}, size=40)
     folders, train_split, valid_split, _ = data.discover(0.1, 0, "skip")
     trainer = small_trainer(len(folders), **{"max-steps-per-epoch": "3"})
-    loaders = train.make_loaders(trainer.hps, trainer.world, 0, Spec.for_size(32),
+    loaders = train.make_loaders(trainer.hps, trainer.world, trainer.feed, Spec.for_size(32),
                                  train_split, valid_split)
     assert len(loaders.train) > 3
     sums = train.RunningSums(trainer.placement.device)
-    perf, step = train.train_one_epoch(trainer, loaders.train, loaders.train_sampler, 1, 1,
-                                       sums, None)
+    perf, step = train.train_one_epoch(trainer, loaders.train, 1, 1, sums, None)
     assert step == 3 and sums.seen == 8  # steps 1 and 2 of 4 images: step 0 was done
     assert perf["images_per_s"] > 0 and 0 <= perf["data_wait"] <= 1
     assert perf["bound"] in ("input-bound", "compute-bound")
@@ -102,7 +101,7 @@ def test_test_predictions_agree_with_validation(sm_base):
     trainer = small_trainer(len(folders))
     labels = [label_name(f) for f in folders]
     spec = Spec.for_size(32)
-    loaders = train.make_loaders(trainer.hps, trainer.world, 0, spec, train_split,
+    loaders = train.make_loaders(trainer.hps, trainer.world, trainer.feed, spec, train_split,
                                  train_split)
     valid, per_class = train.evaluate(trainer, loaders.valid, len(labels))
     test, rows = train.predict_split(trainer, train_split, spec, sm_base, labels)
