@@ -123,20 +123,19 @@ class Item(NamedTuple):
 # ---------------------------------------------------------------- reading files
 
 def read_image_file(path: Path) -> bytearray:
-    """A file's bytes, refusing anything but a regular file: a FIFO or a device where
-    an image was would block the read (and the job) forever."""
+    """A file's bytes, refusing anything but a regular file: opening a FIFO or a device
+    where an image was would block the job forever. (A regular file's read may still
+    block, on a hung network file system: loader-timeout bounds that.)"""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise UnreadableImage(f"cannot open: {exc.strerror}") from None
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(os.stat(path).st_mode):
             raise UnreadableImage("not a regular file (a FIFO, device or socket)")
-        data = bytearray(info.st_size)
-        got = fh.readinto(data)
-        if got != info.st_size:
-            raise UnreadableImage(f"read {got} of {info.st_size} bytes")
+        with open(path, "rb", buffering=0) as fh:
+            data = bytearray(os.fstat(fh.fileno()).st_size)
+            got = fh.readinto(data)
+    except OSError as exc:
+        raise UnreadableImage(f"cannot read it: {exc.strerror or exc}") from None
+    if got != len(data):
+        raise UnreadableImage(f"read {got} of {len(data)} bytes")
     return data
 
 
@@ -378,7 +377,7 @@ class DecodeOnDevice:
                     bad.append(BadImage(sample_name(self.split, path), str(exc)))
                     continue
                 self.refused += 1
-                images[k] = torch.from_numpy(np.asarray(rgb)).to(device).permute(2, 0, 1)
+                images[k] = torch.from_numpy(np.array(rgb)).to(device).permute(2, 0, 1)
         kept = [k for k, img in enumerate(images) if img is not None]
         if len(kept) < self.min_size or not kept:
             return empty_batch(device, bad)
@@ -484,7 +483,7 @@ class BatchSource:
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Epoch `epoch`'s order, from its `start`-th sample (a resumed epoch)."""
         self.epoch = epoch
-        if self.sampler is not None:
+        if hasattr(self.sampler, "set_epoch"):  # distributed.EpochSampler
             self.sampler.set_epoch(epoch, start)
 
     def what(self, k: int) -> str:

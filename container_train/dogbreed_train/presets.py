@@ -73,12 +73,18 @@ def random_crop(width: int, height: int) -> Crop:
 
 
 def center_crop(width: int, height: int, spec: Spec) -> Crop:
-    """The evaluation crop (shorter side to resize_size, then the centered image_size
-    square) as a region of the original image: training without augmentation on the
-    GPU data path."""
-    scale = spec.resize_size / min(width, height)
-    side = spec.image_size / scale
-    return Crop((height - side) / 2, (width - side) / 2, side, side)
+    """The evaluation crop as a region of the original image, for training without
+    augmentation on the GPU data path: the geometry of the contract's resize_crop
+    (shorter side to resize_size, the longer one truncated to whole pixels, the
+    centered image_size square at rounded offsets), mapped back to the original."""
+    short, long_ = min(width, height), max(width, height)
+    new_long = int(spec.resize_size * long_ / short)
+    new_w, new_h = (spec.resize_size, new_long) if width <= height else (new_long,
+                                                                          spec.resize_size)
+    left = int(round((new_w - spec.image_size) / 2.0))
+    top = int(round((new_h - spec.image_size) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return Crop(top * sy, left * sx, spec.image_size * sy, spec.image_size * sx)
 
 
 def _hwc(img: Image.Image) -> np.ndarray:
