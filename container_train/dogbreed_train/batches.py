@@ -393,14 +393,14 @@ class DecodeOnDevice:
             return {}
         try:
             return dict(zip(files, self.decoder(list(files.values())), strict=True))
-        except Exception:  # noqa: BLE001 - which one failed is found below
-            pass
+        except Exception:  # noqa: BLE001  # nosec B110
+            pass  # which one failed is found below
         decoded = {}
         for k, data in files.items():
             try:
                 decoded[k] = self.decoder([data])[0]
-            except Exception:  # noqa: BLE001 - the contract's decoder decides (above)
-                continue
+            except Exception:  # noqa: BLE001  # nosec B112
+                continue  # the contract's decoder decides (in __call__)
         return decoded
 
 
@@ -598,7 +598,7 @@ def fit_workers(workers: int, per_batch: int, shm: int) -> tuple[int, int]:
     if workers * PREFETCH_BATCHES * per_batch <= budget:
         return workers, PREFETCH_BATCHES
     fitted = min(workers, budget // per_batch)
-    log.warning("/dev/shm has %s: %d loader workers with %d batches of %s in flight each "
+    log.warning("/dev/shm has %s: %d loader workers with %d batches of %s in flight each "  # nosec B108
                 "would not fit, so %s. Give the container more shared memory (docker "
                 "--shm-size) or lower batch-size.", stalls.mib(shm), workers,
                 PREFETCH_BATCHES, stalls.mib(per_batch),

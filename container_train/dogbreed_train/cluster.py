@@ -105,8 +105,8 @@ def driver_version() -> str:
         pynvml.nvmlInit()
         version = pynvml.nvmlSystemGetDriverVersion()
         return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # noqa: BLE001 - no driver, no library: try /proc
-        pass
+    except Exception:  # noqa: BLE001  # nosec B110
+        pass  # no driver, or no NVML library: /proc says
     try:
         found = re.search(r"Kernel Module\s+([\d.]+)", DRIVER_VERSION.read_text())
     except OSError:

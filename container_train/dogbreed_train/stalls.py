@@ -40,7 +40,8 @@ from . import errors, paths
 log = logging.getLogger(__name__)
 
 EXIT_CODE = 3
-SHM = "/dev/shm"  # nosec B108 - where loader workers put the batches they share
+# Where loader workers put the batches they share (not a temporary file).
+SHM = "/dev/shm"  # nosec B108
 # What DataLoader raises when a wait runs out or a worker died: messages, not types.
 LOADER_FAILURE = re.compile(r"^DataLoader (timed out|worker)")
 # /proc/<pid>/stat states, as a person would say them.
@@ -143,11 +144,14 @@ def is_loader_failure(exc: BaseException) -> bool:
 
 
 class Watchdog:
-    """Ends the job when one wait (``with watchdog.waiting("training batch 3 ..."):``)
-    lasts longer than `timeout` seconds. One thread per process, started on first use."""
+    """Ends the job when one wait (``with watchdog.waiting("'train' batch 3 of 9"):``)
+    lasts longer than `timeout` seconds. One thread per process, started on first use.
 
-    def __init__(self, timeout: float, on_stall=None):
-        self.timeout = timeout
+    `grace` more seconds let DataLoader's own timeout, which started its wait a little
+    later and knows more (a worker that died), speak first where there is one."""
+
+    def __init__(self, timeout: float, grace: float = 0.0, on_stall=None):
+        self.timeout, self.grace = timeout, grace
         self.on_stall = on_stall or (lambda what, waited: stop(describe(what, waited)))
         self._cond = threading.Condition()
         self._deadline: float | None = None
@@ -161,7 +165,8 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._watch, name="loader-watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._deadline, self._what = time.monotonic() + self.timeout, what
+            self._deadline = time.monotonic() + self.timeout + self.grace
+            self._what = what
             self._cond.notify()
         try:
             yield

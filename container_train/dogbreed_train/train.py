@@ -115,7 +115,8 @@ def make_feed(hps: config.Hyperparameters, placement: Placement, workers: int) -
     CUDA), the workers, and the bound on every wait for a batch."""
     return batches.Feed(placement.device, batches.resolve_path(hps.data_path, placement.device),
                         workers, hps.loader_timeout, placement.channels_last,
-                        stalls.Watchdog(hps.loader_timeout))
+                        stalls.Watchdog(hps.loader_timeout, grace=min(10.0,
+                                                                      hps.loader_timeout / 5)))
 
 
 def make_optimizer(hps: config.Hyperparameters, params) -> torch.optim.Optimizer:
