@@ -95,7 +95,7 @@ def describe(what: str, waited: float, cause: str = "") -> str:
     workers = loader_workers()
     if workers:
         states = ", ".join(f"pid {pid} {process_state(pid)}" for pid in workers)
-        who = f"{len(workers)} loader worker(s): {states}"
+        who = f"{len(workers)} worker(s): {states}"
     else:
         who = f"no loader workers, the training process {main_thread_state()}"
     happened = cause or f"no {what} came within loader-timeout ({waited:g} s)"
