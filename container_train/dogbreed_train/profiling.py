@@ -156,8 +156,9 @@ def perf_line(epoch: int, epochs: int, stats: dict) -> str:
         parts.append(f"gpu_mem={stats['gpu_mem_gib']:.1f}GiB")
     parts.append(stats["bound"])
     if "data_path" in stats:
+        shm = stats["shm_mib"]
         parts += [f"data_path={stats['data_path']}", f"workers={stats['workers']}",
-                  f"shm={stats['shm_mib']}MiB"]
+                  f"shm={shm}MiB" if shm < 1024 else f"shm={shm / 1024:.0f}GiB"]
     return " ".join(parts)
 
 
