@@ -158,21 +158,44 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_steps(step, batches, steps: int, warmup: int, device) -> float:
-    """Images per second over `steps` steps after `warmup` untimed ones."""
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process, all its threads, and its live child
+    processes (the loader workers): what a data path costs, whatever else the machine
+    runs at the same time."""
+    import multiprocessing
+
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for child in multiprocessing.active_children():
+        try:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def measure_steps(step, batches, steps: int, warmup: int, device) -> tuple[float, float]:
+    """(images per second, CPU milliseconds per image) over `steps` steps after `warmup`
+    untimed ones."""
     it = iter(batches)
     for _ in range(warmup):
         x, y = next(it)[:2]
         step(x, y)
     sync(device)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     seen = 0
     for _ in range(steps):
         x, y = next(it)[:2]
         step(x, y)
         seen += len(y)
     sync(device)
-    return seen / (time.perf_counter() - t0)
+    return seen / (time.perf_counter() - t0), 1000 * (cpu_seconds() - cpu0) / seen
+
+
+def run_steps(step, batches, steps: int, warmup: int, device) -> float:
+    """Images per second over `steps` steps after `warmup` untimed ones."""
+    return measure_steps(step, batches, steps, warmup, device)[0]
 
 
 def synthetic_batches(batch: int, size: int, classes: int, device):
@@ -213,6 +236,7 @@ def main() -> int:
                     help="none: time the data paths alone, without a model")
     ap.add_argument("--loader-timeout", type=float, default=120.0,
                     help="seconds any one wait for a batch may last")
+    ap.add_argument("--variants", help="comma-separated: measure only these")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -268,12 +292,19 @@ def main() -> int:
     if device.type == "cpu" and workers and fewer < full_threads:
         variants[f"real-threads{fewer}"] = real(full, workers)
         threads[f"real-threads{fewer}"] = fewer
+    if args.variants:
+        wanted = set(args.variants.split(","))
+        variants = {n: v for n, v in variants.items() if n in wanted}
+        threads = {n: t for n, t in threads.items() if n in wanted}
     iters = {name: make() for name, make in variants.items()}  # loaders persist across rounds
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_per_image: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, it in iters.items():
             torch.set_num_threads(threads[name])
-            rates[name].append(run_steps(step, it, args.steps, args.warmup, device))
+            rate, cpu_ms = measure_steps(step, it, args.steps, args.warmup, device)
+            rates[name].append(rate)
+            cpu_per_image[name].append(cpu_ms)
     torch.set_num_threads(full_threads)
     med = {name: statistics.median(r) for name, r in rates.items()}
     result = {
@@ -286,7 +317,10 @@ def main() -> int:
         "jpeg": {"size": "500x375", "mean_kb": round(jpeg_kb, 1), "count": n_images},
         "setup_s": round(gen_s, 1),
         "images_per_s": med, "images_per_s_all": rates,
-        "ratio_vs_synthetic": {n: med[n] / med["synthetic"] for n in med if n != "synthetic"},
+        "cpu_ms_per_image": {n: statistics.median(v) for n, v in cpu_per_image.items()},
+        "cpu_ms_per_image_all": cpu_per_image,
+        "ratio_vs_synthetic": {n: med[n] / med["synthetic"] for n in med
+                               if n != "synthetic" and "synthetic" in med},
     }
     text = json.dumps(result)
     if args.json:
