@@ -384,6 +384,7 @@ class DecodeOnDevice:
         self.decoder = decoder or TorchvisionJpeg(feed.device)
         self.normalize = Normalizer(spec, feed.device)
         self.refused = 0  # JPEGs the decoder refused (decoded by the contract's code)
+        self.broken = False  # the decoder refused a whole batch, one by one too
 
     def __call__(self, packed: Packed) -> Batch:
         device, items, bad = self.feed.device, packed.items, list(packed.bad)
@@ -415,19 +416,26 @@ class DecodeOnDevice:
                      [items[k].index for k in kept])
 
     def _decode(self, files: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """All in one call; if that fails, one by one, leaving out those that fail."""
-        if not files:
+        """All in one call; if that fails, one by one, leaving out those that fail. A
+        decoder that fails every file of a batch is not asked again."""
+        if not files or self.broken:
             return {}
         try:
             return dict(zip(files, self.decoder(list(files.values())), strict=True))
-        except Exception:  # noqa: BLE001  # nosec B110
-            pass  # which one failed is found below
+        except Exception as exc:  # noqa: BLE001 - which one failed is found below
+            error = exc
         decoded = {}
         for k, data in files.items():
             try:
                 decoded[k] = self.decoder([data])[0]
             except Exception:  # noqa: BLE001  # nosec B112
                 continue  # the contract's decoder decides (in __call__)
+        if not decoded and len(files) > 1:
+            self.broken = True
+            log.warning("the JPEG decoder on %s decoded none of a batch's %d JPEGs (%s): "
+                        "the training process decodes them from now on, one at a time; "
+                        "data-path=cpu decodes in the loader workers instead",
+                        self.feed.device, len(files), str(error).splitlines()[0][:200])
         return decoded
 
 

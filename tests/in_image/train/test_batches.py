@@ -232,6 +232,27 @@ def test_a_jpeg_the_decoder_refuses_is_decoded_by_the_contract(tmp_path):
     assert torch.allclose(got.images, expected.images, atol=1e-5)
 
 
+def test_a_decoder_that_refuses_everything_is_not_asked_again(tmp_path, caplog):
+    """A broken GPU decoder (e.g. a driver without nvJPEG): the contract decodes every
+    image, the training goes on, and the log says so once."""
+    split = write_split(tmp_path, {f"{i}.jpg": smooth_photo(i) for i in range(6)})
+    calls = []
+
+    def broken(files):
+        calls.append(len(files))
+        raise RuntimeError("nvjpeg: NVJPEG_STATUS_NOT_INITIALIZED")
+
+    dataset = batches.EncodedImages(split, SPEC, augment=False)
+    decode = batches.DecodeOnDevice(split, SPEC, GPU_LOGIC, 1, decoder=broken)
+    with caplog.at_level("WARNING"):
+        first = decode(batches.pack_encoded([dataset[i] for i in range(3)]))
+        second = decode(batches.pack_encoded([dataset[i] for i in range(3, 6)]))
+    assert first.indices == [0, 1, 2] and second.indices == [3, 4, 5]
+    assert calls == [3, 1, 1, 1]  # the batch, then each file; never again
+    assert decode.broken and decode.refused == 6
+    assert caplog.text.count("decoded none of a batch's 3 JPEGs (nvjpeg: NVJPEG_STATUS") == 1
+
+
 def test_training_never_gets_a_batch_of_one_on_the_gpu_path(tmp_path):
     split = write_split(tmp_path, {"a.jpg": _jpeg(smooth_photo(0)),
                                    "broken.jpg": b"\xff\xd8\xff" + b"\x00" * 64})
