@@ -15,7 +15,8 @@ Variants, interleaved round by round so a noisy neighbour hits them alike:
   real          JPEG files through the product's batch source (dogbreed_train.batches,
                 data-path=auto: cpu here, gpu on CUDA) with the training image's
                 default worker count
-  cpu, gpu      the other data path explicitly, where it is not the default
+  cpu, gpu      the other data path explicitly, where it is not the default (on a CPU
+                machine the gpu path only when --variants names it)
   real-workersN the same with N DataLoader workers (--more-workers)
   real-workers0 decoding in the training process itself (no DataLoader workers)
   float-workers the yardstick for the cpu path: decode, augment, scale and normalize to
@@ -273,7 +274,8 @@ def main() -> int:
 
     variants["real"] = real(full, workers)
     other = "cpu" if default_path == "gpu" else "gpu"
-    variants[other] = real(full, workers, other)
+    if device.type == "cuda" or other in (args.variants or "").split(","):
+        variants[other] = real(full, workers, other)  # on CPU, only when asked for
     variants["float-workers"] = lambda: float_worker_batches(
         full, spec, args.batch_size, workers, pin, args.loader_timeout)
     if workers:
