@@ -28,24 +28,24 @@ class RuntimeFrontDoor:
     """Stands in for SageMaker's runtime front end: POST /endpoints/NAME/invocations is
     passed on to a real serving container's /invocations, and recorded."""
 
+    FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+
     def __init__(self, backend: str):
+        self.backend = backend
         self.requests: list[dict] = []
         door = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
+            def do_POST(self):  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                door.requests.append({"path": self.path, "body": body,
-                                      "headers": {k.lower(): v for k, v in self.headers.items()}})
-                forward = {k: self.headers[k] for k in (
-                    "Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
-                    if self.headers.get(k)}
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                door.requests.append({"path": self.path, "body": body, "headers": headers})
                 name = self.path.split("/")[2] if self.path.startswith("/endpoints/") else ""
                 if not name or not self.path.endswith("/invocations"):
                     self.send_error(404)
                     return
-                answer = requests.post(f"{backend}/invocations", data=body, headers=forward,
-                                       timeout=60)
+                forward = {k: self.headers[k] for k in door.FORWARDED if self.headers.get(k)}
+                answer = door.forward(name, forward, body)
                 self.send_response(answer.status_code)
                 self.send_header("Content-Type", answer.headers.get("Content-Type", ""))
                 self.send_header("Content-Length", str(len(answer.content)))
@@ -58,6 +58,10 @@ class RuntimeFrontDoor:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def forward(self, endpoint: str, headers: dict, body: bytes) -> requests.Response:
+        return requests.post(f"{self.backend}/invocations", data=body, headers=headers,
+                             timeout=60)
 
     def close(self):
         self.server.shutdown()
@@ -228,7 +232,7 @@ def test_local_multi_model_deploy_invoke_add_remove_cleanup(serve_image, trained
     assert local_containers(work) == []
 
 
-class MultiModelFrontDoor:
+class MultiModelFrontDoor(RuntimeFrontDoor):
     """Stands in for SageMaker's runtime in front of a multi-model endpoint: an
     invocation with X-Amzn-SageMaker-Target-Model T has the archive T under the
     endpoint's prefix (read from moto: endpoint -> config -> model -> ModelDataUrl)
@@ -236,67 +240,47 @@ class MultiModelFrontDoor:
     KEY is an opaque id as SageMaker makes up, loaded with POST /models, then invoked
     with POST /models/KEY/invoke."""
 
+    FORWARDED = (*RuntimeFrontDoor.FORWARDED, "X-Amzn-SageMaker-Target-Model")
+
     def __init__(self, backend: str, models: Path, moto_url: str):
-        self.requests: list[dict] = []
-        sm, s3 = (boto3.client(service, endpoint_url=moto_url, region_name=REGION,
-                               aws_access_key_id="testing", aws_secret_access_key="testing")
-                  for service in ("sagemaker", "s3"))
-        lock = threading.Lock()
-        door = self
+        self.models = models
+        self.sm, self.s3 = (boto3.client(
+            service, endpoint_url=moto_url, region_name=REGION,
+            aws_access_key_id="testing", aws_secret_access_key="testing")
+            for service in ("sagemaker", "s3"))
+        self.lock = threading.Lock()
+        super().__init__(backend)
 
-        def prefix_of(endpoint: str) -> str:
-            config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
-            [variant] = sm.describe_endpoint_config(EndpointConfigName=config)[
-                "ProductionVariants"]
-            container = sm.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
-            assert container["Mode"] == "MultiModel"
-            return container["ModelDataUrl"]
+    def forward(self, endpoint: str, headers: dict, body: bytes) -> requests.Response:
+        key = self.ensure_loaded(endpoint, headers["X-Amzn-SageMaker-Target-Model"])
+        return requests.post(f"{self.backend}/models/{key}/invoke", data=body,
+                             headers=headers, timeout=60)
 
-        def ensure_loaded(endpoint: str, target: str) -> str:
-            key = hashlib.sha256(f"{endpoint}/{target}".encode()).hexdigest()[:32]
-            with lock:
-                if requests.get(f"{backend}/models/{key}", timeout=10).status_code == 200:
-                    return key
-                bucket, _, prefix = prefix_of(endpoint).removeprefix("s3://").partition("/")
-                archive = s3.get_object(Bucket=bucket, Key=prefix + target)["Body"].read()
-                folder = models / key / "model"
-                folder.mkdir(parents=True)
-                with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                    tar.extractall(folder, filter="data")
-                for path in [folder.parent, folder, *folder.iterdir()]:
-                    path.chmod(0o755 if path.is_dir() else 0o644)
-                answer = requests.post(f"{backend}/models", timeout=120, json={
-                    "model_name": key, "url": f"/opt/ml/models/{key}/model"})
-                assert answer.status_code == 200, answer.text
+    def prefix_of(self, endpoint: str) -> str:
+        config = self.sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+        [variant] = self.sm.describe_endpoint_config(EndpointConfigName=config)[
+            "ProductionVariants"]
+        container = self.sm.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
+        assert container["Mode"] == "MultiModel"
+        return container["ModelDataUrl"]
+
+    def ensure_loaded(self, endpoint: str, target: str) -> str:
+        key = hashlib.sha256(f"{endpoint}/{target}".encode()).hexdigest()[:32]
+        with self.lock:
+            if requests.get(f"{self.backend}/models/{key}", timeout=10).status_code == 200:
                 return key
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                door.requests.append({"path": self.path, "body": body, "headers": headers})
-                endpoint = self.path.split("/")[2]
-                key = ensure_loaded(endpoint, headers["x-amzn-sagemaker-target-model"])
-                forward = {k: self.headers[k] for k in (
-                    "Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes",
-                    "X-Amzn-SageMaker-Target-Model") if self.headers.get(k)}
-                answer = requests.post(f"{backend}/models/{key}/invoke", data=body,
-                                       headers=forward, timeout=60)
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", answer.headers.get("Content-Type", ""))
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
+            bucket, _, prefix = self.prefix_of(endpoint).removeprefix("s3://").partition("/")
+            archive = self.s3.get_object(Bucket=bucket, Key=prefix + target)["Body"].read()
+            folder = self.models / key / "model"
+            folder.mkdir(parents=True)
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(folder, filter="data")
+            for path in [folder.parent, folder, *folder.iterdir()]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            answer = requests.post(f"{self.backend}/models", timeout=120, json={
+                "model_name": key, "url": f"/opt/ml/models/{key}/model"})
+            assert answer.status_code == 200, answer.text
+            return key
 
 
 def test_deploy_multi_model_then_invoke_each_model_through_a_sagemaker_stand_in(

@@ -121,6 +121,12 @@ def expected(run, image: str) -> tuple[str, float]:
     return row["predicted"], row["probability"]
 
 
+def test_the_image_declares_the_capability_sagemaker_reads(serve_image):
+    labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}",
+                               serve_image).stdout)
+    assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+
+
 def test_ping_answers_with_no_model_loaded(serve_image, models_root):
     srv = start(serve_image, models_root)
     try:
