@@ -121,6 +121,7 @@ def nginx_conf(settings: Settings, run_dir: Path, mms_port: int) -> str:
         invocations_refusal="", multi_model_routes="", multi_model_guard="",
         paths_hint="POST /invocations or GET /ping")
     if settings.multi_model:  # multi_model.py: SageMaker's multi-model API
+        values["load_timeout"] = settings.startup_timeout_s + 5  # serve's own wait, then ours
         values.update(
             invocations_refusal="            return 404 '{\"error\": \"this container "
                                 "serves many models (SAGEMAKER_MULTI_MODEL=true): invoke one "
