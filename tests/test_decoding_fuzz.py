@@ -158,17 +158,78 @@ def test_structure_bombs_are_refused_before_decoding():
                            SPECS[0]).shape == (3, 64, 64)
 
 
-def test_decoding_stops_at_its_deadline():
-    import time
+class Clock:
+    """decoding's clock (its ``time.monotonic``), moved only by the test: each step of a
+    decode takes the time the test gives it, whatever the CPU."""
 
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def taking(self, seconds: float, step):
+        """``step``, made to take ``seconds`` on this clock."""
+        def slow(*args, **kwargs):
+            self.now += seconds
+            return step(*args, **kwargs)
+        return slow
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(decoding, "time", fake)
+    return fake
+
+
+def test_decoding_stops_at_its_deadline(clock, monkeypatch):
+    """36 megapixels in 36 KB, read 8 KB at a time: with each read of the body taking
+    20 ms, a 0.05 s deadline stops the decode at the first read past it."""
     from dogbreed_scripts import malformed
 
-    body = malformed.png_zeros(6000, 6000)  # 36 megapixels in 36 KB: about 1 s to decode
-    start = time.perf_counter()
+    body = malformed.png_zeros(6000, 6000)
+    monkeypatch.setattr(decoding.DeadlineReader, "read",
+                        clock.taking(0.02, decoding.DeadlineReader.read))
+    decoding.decode(body, "image/png", SPECS[0], timeout_s=10)
+    reads_in_all = round(clock.now / 0.02)
+
+    clock.now = 0.0
     with pytest.raises(decoding.ClientError) as err:
         decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05)
     assert err.value.status == 413 and "took more than 0.05 s" in err.value.message
-    assert time.perf_counter() - start < 0.5
+    assert 0.05 < clock.now <= 0.05 + 0.02, clock.now  # the first read past it
+    assert round(clock.now / 0.02) < reads_in_all, reads_in_all
+
+
+# A 16-bit grey PNG turned by its EXIF orientation: its decode goes through every step.
+def _turned_16_bit_png() -> bytes:
+    img = Image.fromarray(np.arange(300 * 200, dtype=np.uint16).reshape(200, 300) * 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("step", ["reading", "EXIF rotation", "16-bit conversion",
+                                  "mode conversion", "resizing"])
+def test_the_deadline_bounds_every_step_of_a_decode(clock, monkeypatch, step):
+    """On a CPU where one step of the decode is slow (1 s here), a 0.05 s deadline
+    still refuses the request, whichever step it is: the deadline is checked after
+    each one, not only between Pillow's reads of the body."""
+    body = _turned_16_bit_png()
+    assert decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05).shape == (3, 64, 64)
+    where, name = {"reading": (decoding.DeadlineReader, "read"),
+                   "EXIF rotation": (decoding.ImageOps, "exif_transpose"),
+                   "16-bit conversion": (decoding, "to_8bit"),
+                   "mode conversion": (decoding, "to_rgb"),
+                   "resizing": (decoding, "eval_array")}[step]
+    monkeypatch.setattr(where, name, clock.taking(1.0, getattr(where, name)))
+
+    with pytest.raises(decoding.ClientError) as err:
+        decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05)
+    assert err.value.status == 413 and "took more than 0.05 s" in err.value.message
 
 
 @settings(max_examples=60, deadline=None, database=None)
