@@ -256,3 +256,87 @@ def test_safe_port_range_that_mms_cannot_use_is_refused_in_one_line(serve_image,
         assert "lies above 32767" in error, text
     finally:
         docker("rm", "-f", cid, check=False)
+
+
+@pytest.mark.parametrize("variable,value,says", [
+    ("DOGBREED_DECODE_TIMEOUT_S", "abc", "it takes a number of seconds above 0"),
+    ("DOGBREED_DECODE_TIMEOUT_S", "nan", "it takes a number of seconds above 0"),
+    ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1.5", "it takes a whole number, 1 or more"),
+    ("SAGEMAKER_BIND_TO_PORT", "70000", "it takes a whole number from 1 to 65535"),
+    ("DOGBREED_LOG_FORMAT", "xml", "it takes text or json"),
+    ("SAGEMAKER_SAFE_PORT_RANGE", "9000-8000", "is reversed: give the lower port first "
+                                               "(8000-9000)"),
+])
+def test_bad_environment_values_are_refused_in_one_line(serve_image, trained_model, variable,
+                                                        value, says):
+    """Exit 2 with one line that names the variable and what it takes, as for every
+    other fault of the environment; no traceback."""
+    cid = run_serve(serve_image, trained_model.root / "model", "-e", f"{variable}={value}")
+    try:
+        error, text, _ = one_line_refusal(cid)
+        assert f"{variable}='{value}'" in error and says in error, text[-2000:]
+        assert "Traceback" not in text
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_a_name_from_outside_stays_on_its_log_line(serve_image, trained_model):
+    """A model folder named with a newline (DOGBREED_MODEL_DIR): the refusal is still one
+    line, and the name cannot forge a line of its own."""
+    cid = run_serve(serve_image, trained_model.root / "model",
+                    "-e", "DOGBREED_MODEL_DIR=/nowhere\n2026-12-04 00:00:00,000 ERROR forged")
+    try:
+        error, text, _ = one_line_refusal(cid)
+        assert "no model in /nowhere\\n2026-12-04 00:00:00,000 ERROR forged: " in error
+        assert not any(line.startswith("2026-12-04 00:00:00") for line in text.splitlines())
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+# Read as they are, whatever they hold: paths, JVM flags, the toolkit's own strings.
+FREE_TEXT = {"DOGBREED_MODEL_DIR", "DOGBREED_RUN_DIR", "SAGEMAKER_BASE_DIR",
+             "SAGEMAKER_MODEL_SERVER_VMARGS", "SAGEMAKER_PROGRAM", "SAGEMAKER_MULTI_MODEL",
+             "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "SAGEMAKER_SAFE_PORT_RANGE"}
+PROBE = """
+import json, os
+from dogbreed_serve import settings
+
+class Recording(dict):
+    read = set()
+    def get(self, key, default=None):
+        Recording.read.add(key)
+        return super().get(key, default)
+    def __getitem__(self, key):
+        Recording.read.add(key)
+        return super().__getitem__(key)
+
+base = dict(os.environ)
+os.environ = Recording(base)
+settings.Settings.from_env()
+names = sorted(n for n in Recording.read if n.startswith(("DOGBREED_", "SAGEMAKER_")))
+answers = {}
+for name in names:
+    os.environ = Recording(base, **{name: "abc"})
+    try:
+        settings.Settings.from_env()
+        answers[name] = None
+    except settings.SettingsError as exc:
+        answers[name] = str(exc)
+    except Exception as exc:
+        answers[name] = "not SettingsError: " + type(exc).__name__
+print(json.dumps(answers))
+"""
+
+
+def test_every_number_or_choice_serve_reads_is_checked(serve_image):
+    """Every DOGBREED_* and SAGEMAKER_* variable that Settings.from_env reads in the
+    image (the inference toolkit's included), set to 'abc': refused with the one line
+    naming it, unless it is free text."""
+    out = docker("run", "--rm", "--network", "none", serve_image, "python", "-c", PROBE)
+    answers = json.loads(out.stdout.splitlines()[-1])
+    assert "DOGBREED_DECODE_TIMEOUT_S" in answers and "SAGEMAKER_STARTUP_TIMEOUT" in answers
+    for name, answer in answers.items():
+        if name in FREE_TEXT:
+            continue
+        assert answer and answer.startswith(f"environment variable {name}='abc' is not "
+                                            "allowed: it takes "), (name, answer)

@@ -1,14 +1,17 @@
 """serve's states on the host (supervisor.Supervisor): starting, ready, unhealthy,
-stopping, each change logged once.
+stopping, each change logged once; the file nginx answers 503 by; the environment's
+values (settings.py) and serve's own log lines (logs.py).
 
-Real processes stand in for MMS and nginx (``sleep``, a shell that exits), and a real
-HTTP server on loopback answers /ping as MMS does ({"status": "Healthy"} or
-"Unhealthy", both with 200). The container tests (test_serve_lifecycle.py,
-test_hardening_serve.py) run the same supervisor with the real children.
+Real processes stand in for MMS and nginx (``sleep``, a shell that exits, a process
+named like an MMS worker), and a real HTTP server on loopback answers /ping as MMS
+does ({"status": "Healthy"}, "Partial Healthy" or "Unhealthy", all with 200). The
+container tests (test_serve_lifecycle.py, test_serve_hardening.py) run the same
+supervisor with the real children.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
@@ -18,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from dogbreed_serve import config_files, logs, settings
 from dogbreed_serve import supervisor as sup
 from dogbreed_serve.supervisor import Failure, State, Supervisor
 
@@ -131,3 +135,69 @@ def test_a_start_that_fails_is_one_error_line(lines):
 
     assert lines == [("ERROR", "the model cannot be served: broken")]
     assert s.state is State.STOPPING
+
+
+# --- the environment (settings.py): one line, naming the variable and what it takes
+
+@pytest.mark.parametrize("name,value,takes", [
+    ("DOGBREED_DECODE_TIMEOUT_S", "abc", "a number of seconds above 0"),
+    ("DOGBREED_DECODE_TIMEOUT_S", "nan", "a number of seconds above 0"),
+    ("DOGBREED_DECODE_TIMEOUT_S", "inf", "a number of seconds above 0"),
+    ("DOGBREED_DECODE_TIMEOUT_S", "0", "a number of seconds above 0"),
+    ("DOGBREED_TOP_K", "0", "a whole number, 1 or more"),
+    ("DOGBREED_MAX_BATCH", "2.5", "a whole number, 1 or more"),
+    ("DOGBREED_MAX_BATCH_DELAY_MS", "-1", "a whole number, 0 or more"),
+    ("DOGBREED_ORT_SPINNING", "2", "0 or 1"),
+    ("DOGBREED_LOG_FORMAT", "xml", "text or json"),
+    ("SAGEMAKER_BIND_TO_PORT", "65536", "a whole number from 1 to 65535"),
+    ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "4096", "a whole number from 1 to 2047"),
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "all", "a whole number, 1 or more"),
+    ("SAGEMAKER_STARTUP_TIMEOUT", "10m", "a whole number, 1 or more"),
+])
+def test_a_value_a_variable_does_not_take_is_refused_naming_it(monkeypatch, name, value,
+                                                               takes):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError) as err:
+        settings.check_environment()
+    assert str(err.value) == (f"environment variable {name}='{value}' is not allowed: it "
+                              f"takes {takes}, or leave it unset")
+
+
+def test_values_within_the_rules_and_unset_ones_pass(monkeypatch):
+    for name, value in [("DOGBREED_DECODE_TIMEOUT_S", "0.5"), ("DOGBREED_LOG_FORMAT", "JSON"),
+                        ("DOGBREED_TOP_K", " 3 "), ("SAGEMAKER_BIND_TO_PORT", "65535"),
+                        ("DOGBREED_ORT_SPINNING", "1"), ("DOGBREED_MAX_BATCH", "")]:
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SAGEMAKER_STARTUP_TIMEOUT", raising=False)
+    settings.check_environment()
+
+
+def test_a_refused_value_is_quoted_on_one_short_line(monkeypatch):
+    monkeypatch.setenv("DOGBREED_TOP_K", "1\n2026-12-04 ERROR forged" + "x" * 5000)
+    with pytest.raises(settings.SettingsError) as err:
+        settings.check_environment()
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200, str(err.value)
+
+
+@pytest.mark.parametrize("value,says", [
+    ("9000-8000", "SAGEMAKER_SAFE_PORT_RANGE='9000-8000' is reversed: give the lower port "
+                  "first (8000-9000)"),
+    ("8000", "SAGEMAKER_SAFE_PORT_RANGE='8000' is not LOW-HIGH"),
+    ("0-70000", "SAGEMAKER_SAFE_PORT_RANGE='0-70000': ports run from 1 to 65535"),
+])
+def test_a_safe_port_range_serve_cannot_use_is_explained(value, says):
+    with pytest.raises(config_files.ConfigError) as err:
+        config_files.port_range(value)
+    assert str(err.value).startswith(says), str(err.value)
+
+
+# --- serve's own log: a name from outside cannot start a line of its own
+
+def test_text_log_lines_escape_what_would_break_them():
+    out = io.StringIO()
+    logs.Writer(as_json=False, stream=out).write({}, "GET /\x1b[31m\nforged\r\u2028x\ty")
+    assert out.getvalue() == "GET /\\x1b[31m\\nforged\\r\\u2028x\ty\n"
+    record = logging.LogRecord("dogbreed_serve.server", logging.ERROR, __file__, 1,
+                               "no model in %s", ("/a\nERROR forged",), None)
+    line = logs.ServeFormatter(as_json=False).format(record)
+    assert "\n" not in line and line.endswith("no model in /a\\nERROR forged")

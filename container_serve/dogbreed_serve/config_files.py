@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dogbreed_contract import media
 
-from .settings import Settings
+from .settings import Settings, shown
 
 CONF = Path(__file__).with_name("conf")
 # nginx finishes the requests in flight within this, then MMS gets the rest of
@@ -37,15 +37,17 @@ def port_range(value: str | None) -> range:
     without the ports MMS refuses."""
     if not value or not value.strip():
         return range(8081, MMS_MAX_PORT + 1)
+    named = f"SAGEMAKER_SAFE_PORT_RANGE={shown(value)}"
     try:
         low, high = (int(part) for part in value.strip().split("-"))
     except ValueError:
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={value!r} is not LOW-HIGH (for example "
-                          "20000-20999)") from None
+        raise ConfigError(f"{named} is not LOW-HIGH (for example 20000-20999)") from None
+    if low > high:
+        raise ConfigError(f"{named} is reversed: give the lower port first ({high}-{low})")
     if not 1 <= low <= high <= 65535:
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={value!r}: ports run from 1 to 65535")
+        raise ConfigError(f"{named}: ports run from 1 to 65535")
     if low > MMS_MAX_PORT:
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={value!r} lies above {MMS_MAX_PORT}, "
+        raise ConfigError(f"{named} lies above {MMS_MAX_PORT}, "
                           "where multi-model-server 1.1.11 refuses to listen: give a range "
                           f"that reaches below {MMS_MAX_PORT + 1}")
     return range(low, min(high, MMS_MAX_PORT) + 1)

@@ -44,7 +44,7 @@ from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
 from dogbreed_contract.model_card import ModelCard
 
 from . import config_files, logs
-from .settings import READY_FILE, RUN_DIR_ENV, Settings
+from .settings import READY_FILE, RUN_DIR_ENV, Settings, SettingsError
 from .supervisor import Failure, State, Stop, Supervisor
 
 log = logging.getLogger("dogbreed_serve.server")
@@ -169,9 +169,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     supervisor.writer = logs.configure_serve_logging()
-    settings = Settings.from_env()  # the one Settings of this process, passed down
     try:
+        settings = Settings.from_env()  # the one Settings of this process, passed down
         mms_port = start(supervisor, settings)
+    except SettingsError as exc:
+        return supervisor.fail(Failure(str(exc), 2))
     except Stop:
         return supervisor.stop_starting()
     except Failure as exc:
