@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -101,6 +102,56 @@ def test_docker_stop_drains_concurrent_load(serve_image, trained_model):
         assert "drained and stopped" in logs(srv.id)
     finally:
         done.set()
+        srv.stop()
+
+
+def test_requests_begun_before_sigterm_are_answered_by_the_model(serve_image, trained_model):
+    """A large JPEG half uploaded, and another request with half its headers sent, when
+    `docker stop` comes: both are answered by the model (200 with predictions) once
+    their clients finish sending, over 4 s, while the public port takes no new
+    connection. serve then exits 0."""
+    from images import encode, photo
+
+    body = encode(photo(1600, 1200), "JPEG", quality=95)  # about 2 MB
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    srv = Server(serve_image, trained_model.root / "model")
+    stopper = None
+    try:
+        srv.wait_ready()
+        host, port = srv.url.rsplit("/", 1)[1].split(":")
+        uploading = socket.create_connection((host, int(port)), timeout=60)
+        uploading.sendall(head + body[:len(body) // 2])
+        heading = socket.create_connection((host, int(port)), timeout=60)
+        heading.sendall(head[:40])
+        stopper = threading.Thread(target=docker, args=("stop", "-t", "30", srv.id))
+        stopper.start()
+        deadline = time.monotonic() + 30
+        while "SIGTERM received: draining" not in logs(srv.id):
+            assert time.monotonic() < deadline, logs(srv.id)[-2000:]
+            time.sleep(0.05)
+        heading.sendall(head[40:])
+        rest = body[len(body) // 2:]
+        for i in range(8):  # a slow client: the rest over 4 s
+            uploading.sendall(rest[i * len(rest) // 8:(i + 1) * len(rest) // 8])
+            heading.sendall(body[i * len(body) // 8:(i + 1) * len(body) // 8])
+            time.sleep(0.5)
+        for sock in (uploading, heading):
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            sock.close()
+            status_line, _, _ = reply.partition(b"\r\n")
+            assert status_line.split()[1] == b"200", reply[:500]
+            assert b'"predictions"' in reply, reply[:500]
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{srv.url}/ping", timeout=5)
+        stopper.join(timeout=60)
+        assert state(srv.id) == ("exited", 0), logs(srv.id)[-2000:]
+        assert "drained and stopped" in logs(srv.id)
+    finally:
+        if stopper:
+            stopper.join(timeout=60)
         srv.stop()
 
 

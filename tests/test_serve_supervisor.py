@@ -16,7 +16,9 @@ import json
 import logging
 import signal
 import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -135,6 +137,87 @@ def test_a_start_that_fails_is_one_error_line(lines):
 
     assert lines == [("ERROR", "the model cannot be served: broken")]
     assert s.state is State.STOPPING
+
+
+# --- no worker can take a request: nginx answers 503 (supervisor.MmsHealth.can_answer)
+
+def files(tmp_path) -> config_files.NginxFiles:
+    made = config_files.NginxFiles(tmp_path / "nginx.conf", tmp_path / "nginx-closed.conf",
+                                   tmp_path / "unavailable")
+    made.conf.write_text("listen 8080")
+    made.closed.write_text("listen unix")
+    return made
+
+
+def test_nginx_answers_503_from_unhealthy_until_ready_again(tmp_path):
+    s = Supervisor()
+    s.nginx_files = files(tmp_path)
+    s.enter(State.READY, logging.INFO, "ready")
+    assert not s.nginx_files.unavailable.exists()
+    s.enter(State.UNHEALTHY, logging.WARNING, "no worker")
+    assert s.nginx_files.unavailable.exists()
+    s.enter(State.READY, logging.INFO, "again")
+    assert not s.nginx_files.unavailable.exists()
+    s.enter(State.UNHEALTHY, logging.WARNING, "no worker")
+    s.enter(State.STOPPING, logging.ERROR, "exiting")
+    assert s.nginx_files.unavailable.exists()  # until serve is gone
+
+
+def fake_mms(worker_seconds: int) -> subprocess.Popen:
+    """A process group like MMS's: a parent (its JVM) with one child named like MMS's
+    Python worker (model_service_worker.py), which lives ``worker_seconds``."""
+    worker = f"import time; time.sleep({worker_seconds})"
+    return subprocess.Popen(["sh", "-c", f"'{sys.executable}' -c '{worker}' "
+                             "model_service_worker.py & sleep 30"], start_new_session=True)
+
+
+def test_a_worker_mms_is_restarting_keeps_serve_ready_one_gone_is_unhealthy(
+        serving, mms_ping, lines, tmp_path):
+    """MMS says Unhealthy while it restarts a worker whose forked child died (1-2 s):
+    the worker's process is there, requests wait in MMS's queue for it, and nginx
+    must not refuse them. Once no worker process is left, nothing can answer: serve
+    is unhealthy, and nginx answers 503 until serve exits."""
+    port, answers = mms_ping
+    answers.append("Unhealthy")
+    serving.mms.kill()
+    serving.mms.wait()
+    serving.mms = fake_mms(worker_seconds=2)
+    serving.nginx_files = files(tmp_path)
+    deadline = time.monotonic() + 10
+    while not sup.worker_processes(serving.mms.pid):
+        assert time.monotonic() < deadline, "the fake worker never started"
+    while_alive = []
+
+    def watch():  # serve's state, each time seen while the worker still lives after
+        while True:
+            seen = (serving.state, serving.nginx_files.unavailable.exists())
+            if not sup.worker_processes(serving.mms.pid):
+                return
+            while_alive.append(seen)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    assert serving.serve(port, unhealthy_exit_s=3) == 3
+
+    watcher.join()
+    assert while_alive and set(while_alive) == {(State.READY, False)}
+    assert [level for level, _ in lines] == ["WARNING", "ERROR"], lines
+    assert lines[0][1] == "multi-model-server reports no healthy worker"
+    assert "no working worker for 3 s" in lines[1][1]
+    assert serving.nginx_files.unavailable.exists()
+
+
+def test_partial_health_keeps_serving_until_it_lasts(serving, mms_ping, lines, tmp_path):
+    """Partial Healthy: some workers work, so nothing is refused; lasting, serve exits."""
+    port, answers = mms_ping
+    answers.append("Partial Healthy")
+    serving.nginx_files = files(tmp_path)
+
+    assert serving.serve(port, unhealthy_exit_s=1) == 3
+
+    assert len(lines) == 1 and lines[0][0] == "ERROR", lines
+    assert "fewer working workers than it started with for 1 s" in lines[0][1]
+    assert not serving.nginx_files.unavailable.exists()
 
 
 # --- the environment (settings.py): one line, naming the variable and what it takes

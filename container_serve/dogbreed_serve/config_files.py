@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 from dogbreed_contract import media
@@ -98,14 +99,31 @@ def write_mms_properties(run_dir: Path, settings: Settings, inference_port: int,
     return path
 
 
-def nginx_conf(settings: Settings, run_dir: Path, mms_port: int) -> str:
+UNAVAILABLE_FILE = "unavailable"
+
+
+@dataclass(frozen=True)
+class NginxFiles:
+    """nginx's files in the run folder, and what serve does with them (supervisor.py)."""
+    conf: Path         # the configuration nginx runs with
+    closed: Path       # the same with the public port closed: the drain swaps it in, reloads
+    unavailable: Path  # while this file exists, /ping and /invocations answer 503 at once
+
+
+def nginx_conf(settings: Settings, run_dir: Path, mms_port: int, public: bool = True) -> str:
+    """nginx.conf; ``public=False``: the public server listens on a socket in the run
+    folder instead of the public port (nobody connects to it)."""
+    listen = f"{settings.port} reuseport" if public else f"unix:{run_dir}/public-closed.sock"
     return string.Template((CONF / "nginx.conf.template").read_text()).substitute(
-        workdir=run_dir, port=settings.port, mms_port=mms_port, max_body=settings.max_body,
+        workdir=run_dir, mms_port=mms_port, max_body=settings.max_body,
         timeout=settings.timeout_s, drain_s=DRAIN_S, accepted_types=media.nginx_type_pattern(),
-        accepted_types_text=", ".join(t for t in media.ACCEPTED_TYPES if t != "image/jpg"))
+        accepted_types_text=", ".join(t for t in media.ACCEPTED_TYPES if t != "image/jpg"),
+        public_listen=listen, unavailable=run_dir / UNAVAILABLE_FILE)
 
 
-def write_nginx_conf(run_dir: Path, settings: Settings, mms_port: int) -> Path:
-    path = run_dir / "nginx.conf"
-    path.write_text(nginx_conf(settings, run_dir, mms_port))
-    return path
+def write_nginx_conf(run_dir: Path, settings: Settings, mms_port: int) -> NginxFiles:
+    files = NginxFiles(run_dir / "nginx.conf", run_dir / "nginx-closed.conf",
+                       run_dir / UNAVAILABLE_FILE)
+    files.conf.write_text(nginx_conf(settings, run_dir, mms_port))
+    files.closed.write_text(nginx_conf(settings, run_dir, mms_port, public=False))
+    return files
