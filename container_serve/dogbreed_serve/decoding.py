@@ -14,7 +14,8 @@ anything is decoded, and again while it decodes (docs/hardening.md):
   body (Pillow reads it block by block) and between the steps that follow (EXIF
   rotation, 16-bit conversion strip by strip, mode conversion, resizing). Past it, the
   request gets 413: no step starts after the deadline, and a step in progress, of an
-  image within MAX_PIXELS, runs to its end (Pillow's C code cannot be interrupted);
+  image within MAX_PIXELS, runs to its end (Pillow's C code cannot be interrupted).
+  A wait for decode memory (below) has the same time, before the decode's own starts;
 - memory: an image whose decoding needs more than a few MiB reserves that much of
   the container's decode memory first (memory.py), and waits its turn if others hold it.
 
@@ -95,7 +96,13 @@ class Deadline:
     """When a request's decoding must be done, on time.monotonic's clock."""
 
     def __init__(self, seconds: float):
-        self.at = time.monotonic() + seconds
+        self.seconds = seconds
+        self.restart()
+
+    def restart(self) -> None:
+        """The whole time again, from now: the decoding proper starts once the request
+        holds its decode memory, and waiting for that memory is not the image's doing."""
+        self.at = time.monotonic() + self.seconds
 
     def check(self) -> None:
         if time.monotonic() > self.at:
@@ -300,6 +307,7 @@ def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec,
         reservation = (memory.reserve(need, deadline.at)
                        if memory and need >= RESERVE_FROM_BYTES else nullcontext())
         with reservation:
+            deadline.restart()
             try:
                 rgb = load_rgb(img, deadline)
             except (DecodeTimeout, MemoryError, Image.DecompressionBombError):
