@@ -89,10 +89,14 @@ def drop_privileges(model_dir: str, model_file: str, base: Path) -> str:
     if os.getuid() != 0:
         return model_dir
     user = pwd.getpwnam(SERVICE_USER)
-    readable = all(
-        subprocess.run(["test", "-r", str(Path(model_dir) / name)], user=user.pw_uid,
-                       group=user.pw_gid, extra_groups=[]).returncode == 0
-        for name in (MODEL_CARD_FILE, model_file))
+    try:
+        readable = all(
+            subprocess.run(["test", "-r", str(Path(model_dir) / name)], user=user.pw_uid,
+                           group=user.pw_gid, extra_groups=[], timeout=60).returncode == 0
+            for name in (MODEL_CARD_FILE, model_file))
+    except subprocess.TimeoutExpired:
+        raise Failure(f"checking whether {SERVICE_USER} can read {model_dir} took over 60 s: "
+                      "the file system holding the model does not answer", 2) from None
     if not readable:
         copy = Path(tempfile.mkdtemp(prefix=MODEL_COPY_PREFIX, dir=base))
         try:

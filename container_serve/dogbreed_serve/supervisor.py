@@ -417,15 +417,9 @@ def reap_orphans(own: set[int]) -> None:
     """
     if os.getpid() != 1:
         return
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in own:
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and fields[1] == "1":  # state, parent pid
+    for pid, (state, ppid, _) in _processes().items():
+        if state == "Z" and ppid == 1 and pid not in own:
             try:
-                os.waitpid(int(entry.name), os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
