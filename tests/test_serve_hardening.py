@@ -231,9 +231,12 @@ def test_worker_killed_during_load(server):
     """SIGKILL the worker under load: MMS starts a new one, nginx retries the requests
     the dead worker held, and nothing is lost. The new worker is not root either."""
     before = {w["pid"] for w in soak.workers(server.id)}
-    # Enough requests that the load goes on well past the 5 s after the kill
-    # (about 10 s at the 90 requests/s of a quiet 2-CPU machine).
-    result = soak.soak(server.url, requests_total=1200, concurrency=8, bad_fraction=0.2,
+    # Enough requests that the load goes on well past the 5 s after the kill at this
+    # machine's pace, measured first: 12 s of it after the kill, and at least 1,200
+    # requests (about 10 s at the 90 requests/s of a quiet 2-CPU machine).
+    pace = soak.soak(server.url, requests_total=200, concurrency=8, bad_fraction=0.2, seed=10)
+    total = max(1200, int(pace["throughput_rps"] * 12 / 0.75))
+    result = soak.soak(server.url, requests_total=total, concurrency=8, bad_fraction=0.2,
                        container=server.id, kill_worker_at=0.25, seed=9)
     print("\nkill:", result["kill"], result["latency_ms"])
     assert result["kill"]["killed_pids"], "no worker process was found to kill"

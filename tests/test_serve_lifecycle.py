@@ -7,7 +7,9 @@ outside: exit codes, how long `docker stop` takes, what the log says, what clien
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -87,7 +89,10 @@ def test_docker_stop_drains_concurrent_load(serve_image, trained_model):
         threads = [threading.Thread(target=client) for _ in range(6)]
         for t in threads:
             t.start()
-        time.sleep(3)
+        deadline = time.monotonic() + 120
+        while len(results) <= 20:  # under load: more than 20 answered, at any speed
+            assert time.monotonic() < deadline, results
+            time.sleep(0.05)
         stop_at.append(time.monotonic())
         docker("stop", "-t", "30", srv.id)
         stop_s = time.monotonic() - stop_at[0]
@@ -178,15 +183,27 @@ def test_restarted_container_serves_again(serve_image, trained_model):
 
 
 def test_sigterm_while_starting_stops_at_once(serve_image, trained_model):
-    """SIGTERM during start-up (before /ping says yes) ends serve promptly with 0."""
+    """SIGTERM during start-up (before /ping says yes) ends serve promptly with 0.
+
+    The container is frozen (docker pause) as soon as MMS's launcher has printed its
+    first line, so the signal lands while MMS is starting on any machine, however
+    fast: it waits, queued, until the container thaws."""
     cid = run_serve(serve_image, trained_model.root / "model")
     try:
-        time.sleep(2)  # MMS starting, the model not yet registered
+        deadline = time.monotonic() + 60
+        while "MMS is using" not in logs(cid):  # serve has its handlers; MMS is starting
+            assert time.monotonic() < deadline and state(cid)[0] == "running", logs(cid)
+            time.sleep(0.02)
+        docker("pause", cid)
+        assert "nginx" not in docker("top", cid).stdout, "was ready before it was frozen"
         start = time.monotonic()
-        docker("stop", "-t", "30", cid)
+        os.kill(int(docker("inspect", "-f", "{{.State.Pid}}", cid).stdout), signal.SIGTERM)
+        docker("unpause", cid)
+        wait_exit(cid, timeout=30)
         took = time.monotonic() - start
         assert state(cid) == ("exited", 0), logs(cid)[-2000:]
         assert took < 10, took
+        assert "SIGTERM received while starting: stopping" in logs(cid)
     finally:
         docker("rm", "-f", cid, check=False)
 
