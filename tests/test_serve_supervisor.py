@@ -284,3 +284,23 @@ def test_text_log_lines_escape_what_would_break_them():
                                "no model in %s", ("/a\nERROR forged",), None)
     line = logs.ServeFormatter(as_json=False).format(record)
     assert "\n" not in line and line.endswith("no model in /a\\nERROR forged")
+
+
+# --- the run folder: room for its Unix sockets
+
+def test_a_folder_too_long_for_the_sockets_is_passed_over(monkeypatch, tmp_path):
+    """A TMPDIR whose path leaves no room for the Unix sockets serve keeps in its run
+    folder (the kernel takes 107 bytes for a socket path): the next writable folder is
+    used, instead of a traceback when the first socket is made."""
+    from dogbreed_serve import server
+
+    deep = tmp_path / ("a" * 80)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    base = server.writable_base()
+    assert base != deep and len(str(base)) <= server.BASE_MAX_CHARS
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    if len(str(tmp_path)) <= server.BASE_MAX_CHARS:
+        assert server.writable_base() == tmp_path
+    longest = base / "dogbreed-serve-XXXXXXXX" / "public-closed.sock"
+    assert len(str(longest)) <= 107
