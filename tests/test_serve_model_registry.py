@@ -227,7 +227,7 @@ class Status(mm.ModelsHealth):
         super().__init__(0, models)
         self.answer = answer
 
-    def status(self):
+    def ask(self):
         return self.answer
 
 
@@ -236,6 +236,7 @@ def test_health_with_and_without_models(root, tmp_path):
     assert Status(models, "Unhealthy").healthy()  # nothing loaded: nothing to run
     models.load("three", url(root, "three"))
     assert Status(models, "Healthy").healthy()
-    assert Status(models, "Partial Healthy").healthy()  # another model's workers starting
+    partial = Status(models, "Partial Healthy")  # a model's worker is being replaced
+    assert not partial.healthy() and partial.can_answer()
     assert not Status(models, "Unhealthy").healthy()
     assert not Status(models, None).healthy()

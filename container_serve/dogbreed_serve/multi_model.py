@@ -314,18 +314,20 @@ class Models:
 
 
 class ModelsHealth(MmsHealth):
-    """Healthy while no model is loaded (MMS has nothing to run yet), else while some
-    worker works: MMS says "Partial Healthy" whenever one model's workers are still
-    starting or being replaced, which is no reason to stop serving the others."""
+    """MMS's health, as in single-model mode, once a model is loaded; before that MMS
+    has nothing to run, and serve is ready to load. (A model whose worker processes are
+    gone leaves MMS "Partial Healthy": serve keeps answering for the others, and
+    replaces the container after DOGBREED_UNHEALTHY_EXIT_S, as for one model.)"""
 
-    def __init__(self, mms_port: int, models: Models):
-        super().__init__(mms_port)
+    def __init__(self, mms_port: int, models: Models, group: int | None = None):
+        super().__init__(mms_port, group)
         self.models = models
 
     def healthy(self) -> bool:
         if not self.models.has_models():
+            self.status = "Healthy"
             return True
-        return self.status() in ("Healthy", "Partial Healthy")
+        return super().healthy()
 
 
 # --- the HTTP side --------------------------------------------------------------------
