@@ -350,6 +350,72 @@ def test_loading_a_model_does_not_hold_up_the_others(server):
     assert answered_while_loading and set(answered_while_loading) == {200}
 
 
+KILL_MODEL = """
+import os, signal, sys
+wanted = b"--model-name\\0" + sys.argv[1].encode() + b"\\0"
+killed = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if wanted in open(f"/proc/{pid}/cmdline", "rb").read():
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+    except OSError:
+        pass  # gone meanwhile
+print(killed)
+"""
+
+
+def kill_model_processes(srv, name: str) -> list[int]:
+    """SIGKILL every MMS process of one model (its backend and its workers: their
+    command lines name it), so that MMS cannot start a worker for it again."""
+    return json.loads(docker("exec", srv.id, "python", "-c", KILL_MODEL, name).stdout)
+
+
+def wait_for_ping(srv, status: int, timeout: float = 60) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    while (ping := requests.get(f"{srv.url}/ping", timeout=5)).status_code != status:
+        assert time.monotonic() < deadline, srv.logs()[-2000:]
+        time.sleep(0.2)
+    return ping
+
+
+def test_ping_and_invocations_answer_503_while_no_model_can_be_answered(serve_image,
+                                                                        models_root):
+    """The only model's processes are killed: /ping answers 503 and its invocations a
+    JSON 503 at once, as in single-model mode."""
+    srv = start(serve_image, models_root, "DOGBREED_UNHEALTHY_EXIT_S=600")
+    try:
+        assert load(srv, "three").status_code == 200
+        assert kill_model_processes(srv, "three")
+        assert wait_for_ping(srv, 503).json() == {"status": "Unhealthy"}
+        resp = invoke(srv, "three")
+        assert resp.status_code == 503 and "retry" in resp.json()["error"], resp.text
+        assert srv.state()["status"] == "running"
+    finally:
+        srv.stop()
+
+
+def test_a_model_that_lost_its_processes_leaves_the_others_answered_then_is_replaced(
+        serve_image, models_root):
+    """One of two models loses every process: the other is still answered and /ping
+    says 200, and after DOGBREED_UNHEALTHY_EXIT_S serve exits 3, so that SageMaker
+    replaces the container (and loads both again on the new one)."""
+    srv = start(serve_image, models_root, "DOGBREED_UNHEALTHY_EXIT_S=20")
+    try:
+        assert load(srv, "three").status_code == 200 and load(srv, "two").status_code == 200
+        assert kill_model_processes(srv, "two")
+        assert invoke(srv, "three").status_code == 200
+        assert requests.get(f"{srv.url}/ping", timeout=5).status_code == 200
+        deadline = time.monotonic() + 120
+        while srv.state()["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        state = srv.state()
+        assert state["status"] == "exited" and state["exit_code"] == 3, state
+        assert "fewer working workers" in srv.logs()
+    finally:
+        srv.stop()
+
+
 def test_memory_for_another_model_runs_out_with_a_507(serve_image, models_root):
     """In a container limited to 1.2 GB, models load until the next one would not fit:
     507 with a message that says so, nothing killed, and once one is unloaded the
