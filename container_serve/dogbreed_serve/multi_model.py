@@ -16,12 +16,13 @@ registers with MMS only a model it has checked whole:
 
   1. the name (SageMaker's opaque key: letters, digits, ``.``, ``_``, ``-``) and the
      url, a folder under /opt/ml/models (DOGBREED_MODELS_DIR);
-  2. the model card, the ONNX session and its output width against the labels
-     (``model.validate``, the checks of a single-model start);
-  3. memory: what the model's processes will take (``Cost``) against what the
+  2. the model card;
+  3. memory: what the model's processes will take (``cost``) against what the
      container has left once the decode budget and the loads in flight are set aside;
-     507 when it does not fit;
-  4. MMS registration with batching, synchronous: 200 once its workers have loaded
+     507 when it does not fit (before the ONNX session of step 4 takes memory too);
+  4. the ONNX session and its output width against the labels (``model.validate``:
+     with step 2, the checks of a single-model start);
+  5. MMS registration with batching, synchronous: 200 once its workers have loaded
      and warmed it up. A model MMS could not start is unregistered again, so nothing
      half-loaded stays behind.
 
