@@ -101,6 +101,23 @@ def trained_model(train_image, tmp_path_factory) -> TrainRun:
     return run
 
 
+# A second model unlike trained_model: other labels (two classes) and another input
+# size, so that a multi-model container shows each model's own labels and preprocessing.
+SECOND_CLASSES = ["001.Sun_flowers", "002.Moon_rocks"]
+SECOND_LABELS = [c.split(".", 1)[1] for c in SECOND_CLASSES]
+
+
+@pytest.fixture(scope="session")
+def second_model(train_image, tmp_path_factory) -> TrainRun:
+    root = opt_ml(tmp_path_factory.mktemp("opt_ml_second"), dict(TINY_HPS, **{
+        "image-size": "48"}), {})
+    make_dataset(root / "input" / "data", {"train": 12, "valid": 4, "test": 4},
+                 classes=SECOND_CLASSES)
+    run = run_train(train_image, root)
+    assert run.rc == 0, run.log[-3000:]
+    return run
+
+
 @pytest.fixture(scope="module")
 def moto_server():
     """A real moto server that records every request (tests/aws_stand_in.py)."""
