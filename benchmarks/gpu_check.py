@@ -41,7 +41,6 @@ On CPU, as the test suite runs it (a tiny model, a few steps, the same code minu
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -72,10 +71,6 @@ REAL_GOAL_RATIO = 0.95
 ONNX_TOLERANCE = 1e-3
 QUALITY_GOAL = 0.93
 STALLED = 3  # the training program's exit code for a stalled loader (stalls.EXIT_CODE)
-FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-FASHION_CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle_boot")
 
 
 # ---------------------------------------------------------------- data on disk
@@ -121,32 +116,28 @@ def write_split(root: Path, count: int, classes: int, seed: int,
     return data.Split(root.name, [(j[0], j[1]) for j in jobs])
 
 
-def read_idx(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(images) as fh:
-        x = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(labels) as fh:
-        y = np.frombuffer(fh.read(), np.uint8, offset=8)
-    return x, y
-
-
 def _write_gray(job) -> None:
     path, pixels = job
     Image.fromarray(pixels, "L").save(path, quality=95)
 
 
 def write_fashion(src: Path, root: Path, limit: int | None = None) -> dict[str, int]:
-    """Fashion-MNIST's train and test sets as grayscale JPEGs in class folders."""
+    """Fashion-MNIST's train and test sets as grayscale JPEGs in class folders (the
+    demo's reader and class names: scripts/dogbreed_scripts/demodata.py)."""
+    sys.path.insert(0, str(HERE.parent / "scripts"))
+    from dogbreed_scripts.demodata import CLASSES, FILES, read_idx
+
     counts = {}
-    for split, (images, labels) in FASHION_FILES.items():
+    for split, (images, labels) in (("train", FILES["train"]), ("test", FILES["t10k"])):
         x, y = read_idx(src / images, src / labels)
         if limit:  # --quick: the first images only
             n = limit if split == "train" else limit // 3
             x, y = x[:n], y[:n]
         jobs = []
-        for label, name in enumerate(FASHION_CLASSES):
+        for label, name in enumerate(CLASSES):
             (root / split / f"{label:02d}.{name}").mkdir(parents=True, exist_ok=True)
         for i, (pixels, label) in enumerate(zip(x, y, strict=True)):
-            jobs.append((root / split / f"{label:02d}.{FASHION_CLASSES[label]}" /
+            jobs.append((root / split / f"{label:02d}.{CLASSES[label]}" /
                          f"{i:05d}.jpg", pixels))
         _pool_map(_write_gray, jobs)
         counts[split] = len(jobs)

@@ -37,6 +37,7 @@ def cpu_run(train_image, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
     fashion = fake_fashion_mnist(tmp_path_factory.mktemp("idx") / "fashion")
     proc = docker("run", "--rm", "--network", "none", "-v", f"{ROOT / 'benchmarks'}:/bench:ro",
+                  "-v", f"{ROOT / 'scripts'}:/scripts:ro",  # the demo's Fashion-MNIST reader
                   "-v", f"{out}:/out", "-v", f"{fashion}:/fashion:ro", "--user", "0",
                   train_image, "python", "/bench/gpu_check.py", "--device", "cpu", "--quick",
                   "--fashion-mnist", "/fashion", "--out", "/out", check=False, timeout=1200)
