@@ -10,7 +10,7 @@
 #                      another package source (used by the offline harness)
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a virtualenv with every locked package; compilers stay in this stage
+# ---- build: a virtualenv with every locked package
 FROM ${BASE_IMAGE} AS build
 ARG PIP_INDEX_URL
 ARG PIP_FIND_LINKS
@@ -47,6 +47,18 @@ ENV PATH=/opt/program/bin:/opt/venv/bin:$PATH \
     SAGEMAKER_TRAINING_MODULE=dogbreed_train.launch:main \
     PYTHONPATH=/opt/program
 COPY --from=build /opt/venv /opt/venv
+# torch.compile (compile=true) builds the kernels it generates: C++ ones on CPU (g++),
+# and on GPU Triton's launcher, a C extension (gcc and Python's headers). A layer of
+# its own after the venv, so code-only rebuilds share the venv layer.
+# (docs/benchmarks.md has what it costs in image size and what it buys.)
+# Left out: apt's caches (144 MB), and what compile never runs (gcc's link-time
+# optimizer, lto1 and lto-dump; the static libpython).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+ && (python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+     || apt-get install -y --no-install-recommends python3-dev) \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /usr/lib/gcc/*/*/lto1 /usr/bin/*lto-dump* /usr/lib/python3*/config-*/libpython*.a
 
 ARG PRETRAINED_MODELS=""
 COPY container_train/dogbreed_train /opt/program/dogbreed_train

@@ -1,24 +1,46 @@
 """benchmarks/gpu_check.py on CPU inside the training image: the prepared GPU run's code
-paths (data paths, the real training program, resume, ONNX export and agreement, AMP
-against full precision) with a tiny model, checked for shape and sanity, not speed."""
+paths (the product's batch sources eager and compiled, the real training program, resume,
+ONNX export and agreement, AMP against full precision, a frozen loader, the Fashion-MNIST
+job) with a tiny model, checked for shape and sanity, not speed."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import struct
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, docker
 
 
+def fake_fashion_mnist(folder, train: int = 300, test: int = 100):
+    """IDX files in Fashion-MNIST's format and names: 28x28 grayscale, 10 classes."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for prefix, n in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        images = rng.integers(0, 40, (n, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):  # a bright band whose row is the class
+            images[i, 2 + 2 * label: 5 + 2 * label] = 220
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">II", 2049, n) + labels.tobytes())
+    return folder
+
+
 @pytest.fixture(scope="module")
 def cpu_run(train_image, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
+    fashion = fake_fashion_mnist(tmp_path_factory.mktemp("idx") / "fashion")
     proc = docker("run", "--rm", "--network", "none", "-v", f"{ROOT / 'benchmarks'}:/bench:ro",
-                  "-v", f"{out}:/out", "--user", "0", train_image,
-                  "python", "/bench/gpu_check.py", "--device", "cpu", "--quick",
-                  "--out", "/out", check=False, timeout=900)
+                  "-v", f"{ROOT / 'scripts'}:/scripts:ro",  # the demo's Fashion-MNIST reader
+                  "-v", f"{out}:/out", "-v", f"{fashion}:/fashion:ro", "--user", "0",
+                  train_image, "python", "/bench/gpu_check.py", "--device", "cpu", "--quick",
+                  "--fashion-mnist", "/fashion", "--out", "/out", check=False, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
@@ -30,18 +52,19 @@ def test_environment_is_recorded(cpu_run):
     assert result["quick"] is True and result["skipped"] == []
 
 
-def test_every_cpu_data_path_measured_against_synthetic(cpu_run):
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_every_data_path_of_the_product_measured_against_synthetic(cpu_run, mode):
     result, md = cpu_run
-    row = result["throughput"]["by_batch"]["4"]
-    assert row["errors"] == {}
+    row = result["throughput"][f"throughput-b4-{mode}"]
+    assert row["rc"] == 0 and row["errors"] == {}, row
     ips = row["images_per_s"]
-    assert {"synthetic", "real", "pre-resized"} <= set(ips)
-    assert any(name.startswith("uint8-workers") for name in ips)
-    assert not any(name.startswith("gpu-decode") for name in ips)  # CUDA only
+    # On CPU the default data path is cpu; the gpu path runs its logic with a CPU decoder.
+    assert row["data_path_default"] == "cpu" and set(ips) == {"synthetic", "real", "gpu"}
     assert all(math.isfinite(v) and v > 0 for v in ips.values())
     assert row["ratio_vs_synthetic"]["real"] == pytest.approx(
         ips["real"] / ips["synthetic"], rel=0.01)
-    assert "| 4 | synthetic |" in md and "| 4 | real |" in md
+    assert row["first_step_s"] > 0
+    assert f"| 4 | {mode} | synthetic |" in md and f"| 4 | {mode} | real |" in md
 
 
 def test_job_trains_checkpoints_resumes_and_exports(cpu_run):
@@ -70,3 +93,23 @@ def test_amp_compared_with_full_precision(cpu_run):
     assert amp["amp_dtype"].startswith("off")
     assert losses["amp_seed0"] == pytest.approx(losses["fp32_seed0"], rel=1e-4)
     assert amp["met"] is True
+
+
+def test_a_frozen_loader_ends_the_job_with_its_checkpoint(cpu_run):
+    result, md = cpu_run
+    frozen = result["frozen_loader"]
+    # The training and the validation loader's two workers each, all frozen.
+    assert frozen["frozen_workers"] == 4 and frozen["rc"] == 3, frozen
+    assert frozen["failure"].startswith("LoaderStalled: no ")
+    assert frozen["checkpoint_next_epoch"] >= 2 and frozen["met"] is True
+    assert "## A job whose loader workers freeze" in md
+
+
+def test_fashion_mnist_job_runs_through_the_program(cpu_run):
+    result, _ = cpu_run
+    quality = result["quality"]
+    assert quality["images"] == {"train": 240, "test": 80}  # --quick's share
+    assert quality["rc"] == 0, quality["tail"]
+    assert 0.0 <= quality["test_acc"] <= 1.0
+    assert quality["hyperparameters"]["model"] == "resnet18"
+    assert "data path cpu" in quality["data_path"]

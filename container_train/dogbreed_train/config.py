@@ -64,12 +64,22 @@ class Hyperparameters(BaseModel):
         "skip", alias="bad-images", description="what to do with unreadable images")
     workers: int = Field(-1, ge=-1, le=64,
                          description="data-loader workers per process; -1 = from the CPU count")
+    data_path: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", alias="data-path",
+        description="where training images are decoded and augmented: gpu = JPEGs decoded, "
+                    "cropped and flipped in batches on the training device, cpu = in the "
+                    "loader workers; auto = gpu where training runs on CUDA")
+    loader_timeout: float = Field(
+        300.0, alias="loader-timeout", gt=0.0, le=86400.0,
+        description="seconds any one wait for a batch may last before the job stops with "
+                    "a LoaderStalled failure (stalled or dead workers, a read that never "
+                    "returns)")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="random seed")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="mixed precision on GPU; auto = bf16 where supported, else fp16; "
                             "never on CPU")
-    compile: bool = Field(False, description="torch.compile the model; needs gcc, which the "
-                                            "image lacks (see README)")
+    compile: bool = Field(False, description="torch.compile the training model (its "
+                                            "first steps then take longer)")
     profile_steps: str = Field(
         "", alias="profile-steps", pattern=r"^(\d+-\d+)?$",
         description="torch.profiler trace of training steps START-END, e.g. 20-30; "

@@ -1,4 +1,4 @@
-"""Channels in class-subfolder layout, as in the dog dataset, and their data loaders.
+"""Channels in class-subfolder layout, as in the dog dataset, and their unreadable images.
 
 ``train/001.Affenpinscher/x.jpg`` is an image of class ``Affenpinscher``. The class
 list comes from the train channel (sorted by folder name); valid and test may hold
@@ -6,26 +6,22 @@ a subset of those classes but no others. Hidden folders and files and ``__MACOSX
 (what a zip made on a Mac leaves) are not classes or images; a train class without
 images, or two folders that give the same label, would make a wrong model and are
 refused. Only JPEG and PNG files are read, as the endpoint takes only those; other
-files are counted and reported.
+files are counted and reported. Their batches come from batches.py.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from dogbreed_contract import LayoutError, layout
 from dogbreed_contract.layout import class_folders, files_in, is_class_folder
 from dogbreed_contract.media import SUFFIXES_SHOWN, is_image_file
-from dogbreed_contract.preprocess import Spec, eval_array, load_rgb, open_image
+from dogbreed_contract.preprocess import open_image
 
 from . import paths
 from .errors import UserError
@@ -184,114 +180,3 @@ class BadImages:
 
 def sample_name(split: Split, path: Path) -> str:
     return f"{split.name}/{path.parent.name}/{path.name}"
-
-
-class ImageDataset(Dataset):
-    """Decodes on access; an image that cannot be decoded comes back as a BadImage."""
-
-    def __init__(self, split: Split, transform):
-        self.split, self.transform = split, transform
-
-    def __len__(self) -> int:
-        return len(self.split.samples)
-
-    def __getitem__(self, i: int):
-        path, label = self.split.samples[i]
-        try:
-            # The evaluation transform lets JPEGs decode at reduced scale (load_rgb).
-            img = load_rgb(path, min_side=getattr(self.transform, "min_side", 0))
-        except ValueError as exc:
-            return BadImage(sample_name(self.split, path), str(exc))
-        return self.transform(img), label
-
-
-def collate(batch, min_size: int = 1):
-    """Stack a batch; images that could not be decoded are left out and listed. A
-    batch with fewer than `min_size` good images comes back empty."""
-    good = [b for b in batch if not isinstance(b, BadImage)]
-    bad = [b for b in batch if isinstance(b, BadImage)]
-    if len(good) < min_size:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
-    x = torch.stack([b[0] for b in good])
-    y = torch.tensor([b[1] for b in good], dtype=torch.long)
-    return x, y, bad
-
-
-def train_transform(spec: Spec, augment: bool):
-    """Random resized crop and flip on the PIL image, then the same normalization."""
-    import torchvision.transforms.v2 as T
-
-    if not augment:
-        return EvalTransform(spec)
-    return T.Compose([
-        T.RandomResizedCrop(spec.image_size, scale=(0.35, 1.0), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.ToImage(),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(spec.mean, spec.std),
-    ])
-
-
-class EvalTransform:
-    """The shared evaluation transform (preprocess.eval_array) as a tensor.
-
-    ``min_side`` tells ImageDataset how small a JPEG may be decoded, so that
-    validation and test decode exactly as the endpoint does (load_eval_array).
-    """
-
-    def __init__(self, spec: Spec):
-        self.spec = spec
-        self.min_side = spec.resize_size
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(eval_array(img, self.spec))
-
-
-class TrainingBatches(BatchSampler):
-    """Batches of `batch_size`, where a last batch of one sample joins the one before.
-
-    BatchNorm cannot train on a batch of one ("Expected more than 1 value per
-    channel when training"), and any training set one more than a multiple of the
-    batch size ends with one. Every sample is still trained on once per epoch.
-    """
-
-    def __init__(self, sampler, batch_size: int):
-        super().__init__(sampler, batch_size, drop_last=False)
-
-    def __iter__(self):
-        pending = None
-        for batch in super().__iter__():
-            if pending is not None and len(batch) == 1 < self.batch_size:  # the last one
-                batch, pending = pending + batch, None
-            if pending is not None:
-                yield pending
-            pending = batch
-        if pending is not None:
-            yield pending
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return super().__len__() - (n > 1 and n % self.batch_size == 1)
-
-
-def loader(split: Split, transform, batch_size: int, shuffle: bool, workers: int,
-           seed: int, sampler=None, pin_memory: bool = False,
-           training: bool = False) -> DataLoader:
-    """`training`: no batch of a single image (unless batch_size is 1), neither at the
-    end of an epoch (TrainingBatches) nor after decode failures (collate's min_size)."""
-    generator = torch.Generator().manual_seed(seed)
-    dataset = ImageDataset(split, transform)
-    if sampler is None:
-        sampler = (RandomSampler(dataset, generator=generator) if shuffle
-                   else SequentialSampler(dataset))
-    batches = (TrainingBatches(sampler, batch_size) if training
-               else BatchSampler(sampler, batch_size, drop_last=False))
-    return DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=functools.partial(collate, min_size=min(2, batch_size) if training else 1),
-        pin_memory=pin_memory,
-        persistent_workers=workers > 0,
-        generator=generator,
-    )

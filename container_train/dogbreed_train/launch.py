@@ -11,6 +11,8 @@ torchrun starts one process per GPU (one per host on CPU) on every host, with
 the first host as the rendezvous. Hosts and GPUs come from the cluster view
 (cluster.py, read once here). DOGBREED_PROCS_PER_HOST overrides the number of
 processes per host.
+Before any of that, a host with GPUs that torch cannot use (a driver older than
+the image's CUDA needs) fails the job at once (cluster.unusable_gpus).
 This process is the container's PID 1 (entrypoint.py), so it passes SIGTERM on
 to the program, which stops and says so itself; a program that died of one
 before it could say so gets its ``Stopped:`` failure file from here.
@@ -28,7 +30,7 @@ import sys
 from pathlib import Path
 
 from . import errors, stopping
-from .cluster import Cluster
+from .cluster import Cluster, unusable_gpus
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,9 @@ def environment(cluster: Cluster) -> dict[str, str]:
 def main() -> None:
     errors.clear_failure()
     cluster = Cluster.read()
+    problem = unusable_gpus(cluster)
+    if problem:  # before any process starts: a GPU host must never train on the CPU
+        raise TrainingFailed(errors.report(errors.UserError(problem)))
     cmd = command(cluster)
     child, stop_requested = None, False
 

@@ -2,13 +2,15 @@
 
 Every epoch logs one PERF line, e.g.
 
-    PERF epoch=3/10 images/s=812.4 data_wait=41% compute=59% gpu_util=38% gpu_mem=9.1GiB input-bound
+    PERF epoch=3/10 images/s=812.4 data_wait=41% compute=59% gpu_util=38% gpu_mem=9.1GiB input-bound data_path=cpu workers=8 shm=64MiB
 
-"data_wait" is the time the training loop spent blocked on the data loader. GPU
-work is queued asynchronously, so a loop waiting on the GPU shows up as compute;
-a loop waiting on JPEG decoding shows up as data_wait. Above 20% waiting the job
-is input-bound: add data-loader workers or a bigger instance's CPUs, or pre-resize
-the images. The optional torch.profiler trace covers a window of steps and goes
+"data_wait" is the time the training loop spent blocked on its batch source, the
+device's share of the data path included (decoding and cropping on the GPU path,
+normalizing on either). GPU work is queued asynchronously, so a loop waiting on
+the GPU shows up as compute; a loop waiting on JPEG decoding shows up as
+data_wait. Above 20% waiting the job is input-bound: the gpu data path, more
+data-loader workers or a bigger instance's CPUs, or pre-resized images. The
+line ends with the data path that ran, its loader workers and /dev/shm's size. The optional torch.profiler trace covers a window of steps and goes
 to the TensorBoard folder (/opt/ml/output/tensorboard, copied into the job's
 output at the end), for TensorBoard or Perfetto.
 """
@@ -153,6 +155,10 @@ def perf_line(epoch: int, epochs: int, stats: dict) -> str:
     if "gpu_mem_gib" in stats:
         parts.append(f"gpu_mem={stats['gpu_mem_gib']:.1f}GiB")
     parts.append(stats["bound"])
+    if "data_path" in stats:
+        shm = stats["shm_mib"]
+        parts += [f"data_path={stats['data_path']}", f"workers={stats['workers']}",
+                  f"shm={shm}MiB" if shm < 1024 else f"shm={shm / 1024:.0f}GiB"]
     return " ".join(parts)
 
 

@@ -5,14 +5,15 @@ Inside the image the SageMaker training toolkit starts it (see launch.py), once
 per GPU under torchrun when there are several GPUs or hosts.
 
 It is laid out as torchvision's reference script (references/classification/
-train.py): ``train_one_epoch`` and ``evaluate`` over the loaders, ``run`` around
-them. Top to bottom: resume from the checkpoint if there is one (``resume``);
+train.py): ``train_one_epoch`` and ``evaluate`` over batch sources (batches.py,
+the one data factory; its transforms are presets.py), ``run`` around them. Top to bottom: resume from the checkpoint if there is one (``resume``);
 each epoch (``train_epochs``) train (AMP and channels-last on GPU), validate,
 log METRIC and PERF lines, record statistics and evaluate the rules
 (recording.py, verdicts.py), save a checkpoint; then predict the test channel,
 export the model and write the report (``finish``, report.py). Rank 0 alone logs
-metrics and writes files; metrics are summed over all ranks. The loader timing
-behind the PERF line is profiling.TimedBatches; the cluster (hosts, CPUs, GPUs)
+metrics and writes files; metrics are summed over all ranks. Every wait for a
+batch is bounded (``loader-timeout``, stalls.py). The loader timing behind the
+PERF line is profiling.TimedBatches; the cluster (hosts, CPUs, GPUs)
 is cluster.py's, read once.
 """
 
@@ -31,14 +32,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dogbreed_contract import metrics
 from dogbreed_contract.layout import label_name
-from dogbreed_contract.preprocess import Spec, load_eval_array
+from dogbreed_contract.preprocess import Spec
 
 from . import (
     artifacts,
+    batches,
     checkpoints,
     config,
     data,
@@ -48,6 +49,7 @@ from . import (
     profiling,
     recording,
     report,
+    stalls,
 )
 from .cluster import Cluster
 from .errors import UserError
@@ -73,12 +75,6 @@ class Placement:
         if self.amp is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
-
-    def to_device(self, images: torch.Tensor, targets: torch.Tensor):
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, targets.to(self.device, non_blocking=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -112,6 +108,15 @@ def loader_workers(hps: config.Hyperparameters, cluster: Cluster,
     if hps.workers >= 0:
         return hps.workers
     return max(0, min(cluster.cpus // world.local_size - 1, 8))
+
+
+def make_feed(hps: config.Hyperparameters, placement: Placement, workers: int) -> batches.Feed:
+    """How this process's batches reach its device: the data path (``auto``: gpu on
+    CUDA), the workers, and the bound on every wait for a batch."""
+    return batches.Feed(placement.device, batches.resolve_path(hps.data_path, placement.device),
+                        workers, hps.loader_timeout, placement.channels_last,
+                        stalls.Watchdog(hps.loader_timeout, grace=min(10.0,
+                                                                      hps.loader_timeout / 5)))
 
 
 def make_optimizer(hps: config.Hyperparameters, params) -> torch.optim.Optimizer:
@@ -180,6 +185,7 @@ class Trainer:
     debugger: debugger.Debugger
     stop_request: StopRequest
     bad_images: data.BadImages
+    feed: batches.Feed
     recorder: recording.Recorder | None = None
     steps_per_epoch: int = 0
 
@@ -210,33 +216,32 @@ class Trainer:
         return distributed.any_rank(self.world, self.stop_request.requested, self.world.device)
 
 
-def first_batches(loader, count: int):
-    """The loader's first `count` batches. The one after them is fetched and dropped:
+def first_batches(source, count: int):
+    """The source's first `count` batches. The one after them is fetched and dropped:
     with workers=0 its augmentation draws from the global RNG, so a seed's results
     (with max-steps-per-epoch) depend on it."""
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(source):
         if i >= count:
             return
         yield batch
 
 
-def train_one_epoch(trainer: Trainer, loader, sampler, epoch: int, start_step: int,
-                    sums: RunningSums, profiler) -> tuple[dict, int]:
+def train_one_epoch(trainer: Trainer, source: batches.BatchSource, epoch: int,
+                    start_step: int, sums: RunningSums, profiler) -> tuple[dict, int]:
     """Train one epoch from `start_step`; returns its throughput figures and the step
     it got to."""
     hps, placement = trainer.hps, trainer.placement
     trainer.training_model.train()
     trainer.debugger.train()
-    sampler.set_epoch(epoch, start_step * hps.batch_size)
-    if hps.max_steps_per_epoch:
-        loader = first_batches(loader, hps.max_steps_per_epoch - start_step)
-    batches = profiling.TimedBatches(loader)
+    source.set_epoch(epoch, start_step * hps.batch_size)
+    feed = first_batches(source, hps.max_steps_per_epoch - start_step) \
+        if hps.max_steps_per_epoch else source
+    timed = profiling.TimedBatches(feed)
     first_global_step = (epoch - 1) * trainer.steps_per_epoch
     step = start_step
-    for images, targets, bad in batches:
+    for images, targets, bad, _ in timed:
         trainer.bad_images.add(bad)
         if len(targets):
-            images, targets = placement.to_device(images, targets)
             trainer.optimizer.zero_grad(set_to_none=True)
             with placement.autocast():
                 logits = trainer.training_model(images)
@@ -255,11 +260,18 @@ def train_one_epoch(trainer: Trainer, loader, sampler, epoch: int, start_step: i
             break
     if trainer.recorder is not None:
         trainer.recorder.flush()
-    return batches.stats(placement.device), step
+    return {**timed.stats(placement.device), **feed_figures(source)}, step
+
+
+def feed_figures(source: batches.BatchSource) -> dict:
+    """What the PERF line and the report say of the data path that ran."""
+    return {"data_path": source.feed.path, "workers": source.workers,
+            "shm_mib": round(stalls.shm_bytes() / 2**20)}
 
 
 @torch.no_grad()
-def evaluate(trainer: Trainer, loader, n_classes: int) -> tuple[dict, dict]:
+def evaluate(trainer: Trainer, source: batches.BatchSource, n_classes: int
+             ) -> tuple[dict, dict]:
     """Validation on this rank's shard, summed over ranks, and per-class counts
     (for ClassImbalance). Runs the bare model: shards differ in length, and
     DDP's collectives must not see uneven calls."""
@@ -270,11 +282,10 @@ def evaluate(trainer: Trainer, loader, n_classes: int) -> tuple[dict, dict]:
     sums = RunningSums(placement.device)
     class_total = torch.zeros(n_classes, dtype=torch.int64, device=placement.device)
     class_correct = torch.zeros_like(class_total)
-    for images, targets, bad in loader:
+    for images, targets, bad, _ in source:
         trainer.bad_images.add(bad)
         if len(targets) == 0:
             continue
-        images, targets = placement.to_device(images, targets)
         with placement.autocast():
             logits = trainer.model(images)
         sums.add(criterion(logits.float(), targets), logits, targets)
@@ -301,25 +312,19 @@ def predict_split(trainer: Trainer, split: data.Split, spec: Spec, root,
     placement = trainer.placement
     trainer.model.eval()
     sums, rows = RunningSums(placement.device), []
-    size = trainer.hps.test_batch_size
-    for start in range(0, len(split.samples), size):
-        chunk, arrays = [], []
-        for path, label in split.samples[start:start + size]:
-            try:
-                arrays.append(torch.from_numpy(load_eval_array(path, spec)))
-                chunk.append((path, label))
-            except ValueError as exc:
-                trainer.bad_images.add([data.BadImage(data.sample_name(split, path), str(exc))])
-        if not arrays:
+    source = batches.make_batches(split, spec, trainer.hps.test_batch_size, trainer.feed,
+                                  training=False)
+    for images, targets, bad, indices in source:
+        trainer.bad_images.add(bad)
+        if len(targets) == 0:
             continue
-        images, targets = placement.to_device(
-            torch.stack(arrays), torch.tensor([label for _, label in chunk]))
         with placement.autocast():
             logits = trainer.model(images)
         log_probs = torch.log_softmax(logits.float(), 1)
         probs = log_probs.exp()
         sums.add(-log_probs.gather(1, targets[:, None]).sum(), probs, targets)
-        for (path, label), p in zip(chunk, probs.cpu(), strict=True):
+        for i, p in zip(indices, probs.cpu(), strict=True):
+            path, label = split.samples[i]
             best = int(p.argmax())
             rows.append({"image": str(path.relative_to(root)), "label": labels[label],
                          "predicted": labels[best], "probability": float(p[best])})
@@ -327,7 +332,7 @@ def predict_split(trainer: Trainer, split: data.Split, spec: Spec, root,
 
 
 def build_trainer(hps: config.Hyperparameters, world: distributed.World,
-                  placement: Placement, n_classes: int) -> Trainer:
+                  placement: Placement, n_classes: int, workers: int = 0) -> Trainer:
     model = build_model(hps.model, n_classes, hps.hidden_units, hps.dropout, hps.pretrained,
                         hps.freeze_backbone, paths.channel_dir("weights")).to(placement.device)
     if placement.channels_last:
@@ -337,11 +342,14 @@ def build_trainer(hps: config.Hyperparameters, world: distributed.World,
         ids = [placement.device.index] if placement.device.type == "cuda" else None
         training_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if hps.compile:
-        if not (shutil.which("cc") or shutil.which("gcc")):
-            raise UserError("compile=true needs a C compiler (gcc) for the kernels "
+        if not (shutil.which("g++") and shutil.which("gcc")):
+            raise UserError("compile=true needs a C compiler (gcc and g++) for the kernels "
                             "torch.compile generates, and this image has none; set "
-                            "compile=false, or build the image with gcc in its runtime stage.")
-        training_model = torch.compile(training_model)
+                            "compile=false, or build the image from docker/train.Dockerfile, "
+                            "which installs them.")
+        # dynamic=False: one graph for the full batches; the epoch's shorter last batch
+        # gets a graph of its own once, instead of turning every batch dynamic.
+        training_model = torch.compile(training_model, dynamic=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=hps.label_smoothing)
     optimizer = make_optimizer(hps, model.parameters())
     return Trainer(
@@ -350,7 +358,8 @@ def build_trainer(hps: config.Hyperparameters, world: distributed.World,
         scaler=torch.amp.GradScaler(placement.device.type,
                                     enabled=placement.amp == torch.float16),
         debugger=debugger.create(model, criterion, enabled=world.main),
-        stop_request=StopRequest(), bad_images=data.BadImages(hps.bad_images))
+        stop_request=StopRequest(), bad_images=data.BadImages(hps.bad_images),
+        feed=make_feed(hps, placement, workers))
 
 
 @dataclass
@@ -391,28 +400,26 @@ def resume(trainer: Trainer, labels: list[str]) -> Progress:
 
 
 class Loaders(NamedTuple):
-    """This rank's loaders; the training sampler sets each epoch's order and start."""
+    """This rank's batch sources; the training one's sampler sets each epoch's order
+    and start (BatchSource.set_epoch)."""
 
-    train: DataLoader
-    train_sampler: distributed.EpochSampler
-    valid: DataLoader
+    train: batches.BatchSource
+    valid: batches.BatchSource
 
 
-def make_loaders(hps: config.Hyperparameters, world: distributed.World, workers: int,
+def make_loaders(hps: config.Hyperparameters, world: distributed.World, feed: batches.Feed,
                  spec: Spec, train_split: data.Split, valid_split: data.Split) -> Loaders:
     """Training batches shuffled per epoch and sharded (padded) across ranks;
     validation sharded in order, unpadded."""
-    options = dict(workers=workers, seed=hps.seed, pin_memory=world.device.type == "cuda")
     train_sampler = distributed.EpochSampler(len(train_split.samples), world, hps.seed,
                                              shuffle=True, pad=True)
-    train_loader = data.loader(train_split, data.train_transform(spec, hps.augment),
-                               hps.batch_size, shuffle=False, sampler=train_sampler,
-                               training=True, **options)
+    train = batches.make_batches(train_split, spec, hps.batch_size, feed, training=True,
+                                 augment=hps.augment, seed=hps.seed, sampler=train_sampler)
     valid_sampler = distributed.EpochSampler(len(valid_split.samples), world, hps.seed,
                                              shuffle=False, pad=False)
-    valid_loader = data.loader(valid_split, data.EvalTransform(spec), hps.test_batch_size,
-                               shuffle=False, sampler=valid_sampler, **options)
-    return Loaders(train_loader, train_sampler, valid_loader)
+    valid = batches.make_batches(valid_split, spec, hps.test_batch_size, feed, training=False,
+                                 seed=hps.seed, sampler=valid_sampler)
+    return Loaders(train, valid)
 
 
 def run(hps: config.Hyperparameters) -> dict | None:
@@ -421,6 +428,10 @@ def run(hps: config.Hyperparameters) -> dict | None:
     world = distributed.init()
     try:
         return _run(hps, cluster, world)
+    except RuntimeError as exc:
+        # A loader worker's death, which DataLoader raises wherever the loop is (SIGCHLD).
+        batches.fail_if_stalled(exc, "batch", hps.loader_timeout)
+        raise
     finally:
         distributed.shutdown(world)
 
@@ -447,7 +458,8 @@ def _run(hps: config.Hyperparameters, cluster: Cluster,
              workers, str(placement.amp).replace("torch.", "") if placement.amp else "off")
 
     spec = Spec.for_size(hps.image_size)
-    trainer = build_trainer(hps, world, placement, len(labels))
+    trainer = build_trainer(hps, world, placement, len(labels), workers)
+    log.info("training batches: %s", trainer.feed.describe())
     progress = resume(trainer, labels)
     class_counts = [0] * len(labels)
     for _, label in train_split.samples:
@@ -459,7 +471,7 @@ def _run(hps: config.Hyperparameters, cluster: Cluster,
         class_counts=dict(zip(labels, class_counts, strict=True)),
         hyperparameters=config.to_dict(hps))
 
-    loaders = make_loaders(hps, world, workers, spec, train_split, valid_split)
+    loaders = make_loaders(hps, world, trainer.feed, spec, train_split, valid_split)
     trainer.steps_per_epoch = len(loaders.train)
     if hps.max_steps_per_epoch:
         trainer.steps_per_epoch = min(trainer.steps_per_epoch, hps.max_steps_per_epoch)
@@ -497,8 +509,8 @@ def train_epochs(trainer: Trainer, loaders: Loaders, progress: Progress,
             train_sums = RunningSums(device, **partial_sums)
             gpu.epoch = epoch
             with gpu:
-                perf, steps = train_one_epoch(trainer, loaders.train, loaders.train_sampler,
-                                              epoch, start_step, train_sums, profiler)
+                perf, steps = train_one_epoch(trainer, loaders.train, epoch, start_step,
+                                              train_sums, profiler)
             if trainer.should_stop(0):
                 trainer.save_checkpoint(epoch, steps, train_sums.state(), history, labels)
                 trainer.debugger.close()
@@ -518,7 +530,9 @@ def train_epochs(trainer: Trainer, loaders: Loaders, progress: Progress,
                    "train_images": train_metrics["images"],
                    "valid_images": valid_metrics["images"], "seconds": round(seconds, 3),
                    "images_per_s": round(perf["images_per_s"] * world.size, 1),
-                   "data_wait": round(perf["data_wait"], 3)}
+                   "data_wait": round(perf["data_wait"], 3), "bound": perf["bound"],
+                   "data_path": perf["data_path"], "workers": perf["workers"],
+                   "shm_mib": perf["shm_mib"]}
             row.update({k: round(v, 3) for k, v in gpu_use.items()})
             history.append(row)
             trainer.recorder.end_epoch(row, per_class, gpu.series)

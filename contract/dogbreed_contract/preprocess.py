@@ -1,8 +1,9 @@
 """How an image file becomes model input: the single definition for both images.
 
-Training uses ``load_rgb`` for its augmented images and ``load_eval_array`` for
-validation and test; the serving image's decoding follows the same steps with these
-same functions, so an endpoint sees exactly what evaluation saw. Only Pillow and
+Training uses ``load_rgb`` for its augmented images and, for validation and test,
+``eval_uint8`` (the pixels of ``load_eval_array``, normalized on its device with
+``normalize``'s arithmetic); the serving image's decoding follows the same steps with
+these same functions, so an endpoint sees exactly what evaluation saw. Only Pillow and
 NumPy: no torch. Unreadable images raise ``ImageTooLarge`` or ``UnreadableImage``
 (both ValueErrors).
 """
@@ -129,6 +130,13 @@ def normalize(img: Image.Image, spec: Spec) -> np.ndarray:
 def eval_array(img: Image.Image, spec: Spec) -> np.ndarray:
     """The evaluation transform: an RGB image to a normalized CHW float32 array."""
     return normalize(resize_crop(img, spec), spec)
+
+
+def eval_uint8(img: Image.Image, spec: Spec) -> np.ndarray:
+    """The evaluation transform up to its pixels: the resized and cropped RGB image as
+    HWC uint8, for a caller that normalizes elsewhere (training, on its device) with
+    ``normalize``'s arithmetic: float32, times 1/255, minus mean, divided by std."""
+    return np.asarray(resize_crop(img, spec), dtype=np.uint8)
 
 
 def load_eval_array(source: bytes | str | Path, spec: Spec) -> np.ndarray:

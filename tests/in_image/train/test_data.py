@@ -2,11 +2,14 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from dogbreed_train import data
+from dogbreed_train import batches, data
 from dogbreed_train.errors import UserError
 from synthetic import CLASSES, make_dataset
+
+CPU = batches.Feed(torch.device("cpu"))  # the cpu data path, no loader workers
 
 
 def test_label_names():
@@ -83,8 +86,8 @@ def test_truncated_image_is_dropped_at_decode_time(sm_base, tmp_path):
     from dogbreed_contract.preprocess import Spec
 
     spec = Spec.for_size(32)
-    loader = data.loader(train, data.EvalTransform(spec), 64, False, 0, 0)
-    x, y, bad = next(iter(loader))
+    source = batches.make_batches(train, spec, 64, CPU, training=False)
+    x, y, bad, _ = next(iter(source))
     assert len(y) == len(train.samples) - 1 and x.shape[1:] == (3, 32, 32)
     assert [b.name for b in bad] == [f"train/{CLASSES[1]}/cut.jpg"]
     tracker = data.BadImages("skip")
@@ -177,10 +180,10 @@ def test_training_batches_never_end_with_a_single_image(batch_size):
     from torch.utils.data import SequentialSampler
 
     for n in range(2, 42):
-        batches = data.TrainingBatches(SequentialSampler(range(n)), batch_size)
-        sizes = [len(b) for b in batches]
-        assert sorted(i for b in batches for i in b) == list(range(n))  # each once
-        assert len(batches) == len(sizes)
+        training = batches.TrainingBatches(SequentialSampler(range(n)), batch_size)
+        sizes = [len(b) for b in training]
+        assert sorted(i for b in training for i in b) == list(range(n))  # each once
+        assert len(training) == len(sizes)
         if batch_size > 1:
             assert min(sizes) >= 2, (n, sizes)
             assert max(sizes) <= batch_size + 1
@@ -194,13 +197,12 @@ def test_training_loader_leaves_out_a_lone_decodable_image(sm_base):
     broken.write_bytes(b"\xff\xd8\xff" + b"\x00" * 64)
     split = data.Split("train", [(root / "train" / CLASSES[1] / "000.jpg", 1), (broken, 0)])
     spec = Spec.for_size(32)
-    batches = list(data.loader(split, data.EvalTransform(spec), 2, False, 0, 0,
-                               training=True))
-    assert len(batches) == 1
-    x, y, bad = batches[0]
+    training = list(batches.make_batches(split, spec, 2, CPU, training=True, augment=False))
+    assert len(training) == 1
+    x, y, bad, _ = training[0]
     assert len(y) == 0 and [b.name for b in bad] == [f"train/{CLASSES[0]}/broken.jpg"]
     # The evaluation loader keeps it, and so does training with batch-size 1.
-    x, y, bad = next(iter(data.loader(split, data.EvalTransform(spec), 2, False, 0, 0)))
+    x, y, bad, _ = next(iter(batches.make_batches(split, spec, 2, CPU, training=False)))
     assert len(y) == 1
-    one_by_one = data.loader(split, data.EvalTransform(spec), 1, False, 0, 0, training=True)
-    assert [len(y) for _, y, _ in one_by_one] == [1, 0]
+    one_by_one = batches.make_batches(split, spec, 1, CPU, training=True, augment=False)
+    assert [len(y) for _, y, _, _ in one_by_one] == [1, 0]

@@ -4,13 +4,14 @@ evaluation paths (validation loader, test predictions) agreeing on the same imag
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from dogbreed_contract.layout import label_name
 from dogbreed_contract.preprocess import Spec
-from dogbreed_train import config, data, distributed, train
+from dogbreed_train import config, data, distributed, profiling, train
 from dogbreed_train.cluster import Cluster
 from synthetic import make_dataset
 
@@ -83,12 +84,11 @@ def test_one_epoch_stops_at_max_steps_and_times_its_batches(sm_base):
     make_dataset(sm_base / "input" / "data", {"train": 6, "valid": 1}, size=40)
     folders, train_split, valid_split, _ = data.discover(0.1, 0, "skip")
     trainer = small_trainer(len(folders), **{"max-steps-per-epoch": "3"})
-    loaders = train.make_loaders(trainer.hps, trainer.world, 0, Spec.for_size(32),
+    loaders = train.make_loaders(trainer.hps, trainer.world, trainer.feed, Spec.for_size(32),
                                  train_split, valid_split)
     assert len(loaders.train) > 3
     sums = train.RunningSums(trainer.placement.device)
-    perf, step = train.train_one_epoch(trainer, loaders.train, loaders.train_sampler, 1, 1,
-                                       sums, None)
+    perf, step = train.train_one_epoch(trainer, loaders.train, 1, 1, sums, None)
     assert step == 3 and sums.seen == 8  # steps 1 and 2 of 4 images: step 0 was done
     assert perf["images_per_s"] > 0 and 0 <= perf["data_wait"] <= 1
     assert perf["bound"] in ("input-bound", "compute-bound")
@@ -102,7 +102,7 @@ def test_test_predictions_agree_with_validation(sm_base):
     trainer = small_trainer(len(folders))
     labels = [label_name(f) for f in folders]
     spec = Spec.for_size(32)
-    loaders = train.make_loaders(trainer.hps, trainer.world, 0, spec, train_split,
+    loaders = train.make_loaders(trainer.hps, trainer.world, trainer.feed, spec, train_split,
                                  train_split)
     valid, per_class = train.evaluate(trainer, loaders.valid, len(labels))
     test, rows = train.predict_split(trainer, train_split, spec, sm_base, labels)
@@ -110,3 +110,63 @@ def test_test_predictions_agree_with_validation(sm_base):
     assert test["acc"] == valid["acc"] == sum(per_class["correct"]) / 21
     assert test["acc"] == sum(r["label"] == r["predicted"] for r in rows) / 21
     assert test["loss"] == pytest.approx(valid["loss"], rel=1e-5)
+
+
+def test_one_epoch_on_the_gpu_data_path_runs_its_logic_on_cpu(sm_base):
+    """data-path=gpu on a host without CUDA: the same batched decode, crop and flip,
+    decoding on the CPU (PNGs by the workers' fallback); the PERF figures say so."""
+    make_dataset(sm_base / "input" / "data", {"train": 6, "valid": 1}, size=40)
+    folders, train_split, valid_split, _ = data.discover(0.1, 0, "skip")
+    trainer = small_trainer(len(folders), **{"data-path": "gpu", "max-steps-per-epoch": "2"})
+    assert trainer.feed.path == "gpu" and "data path gpu" in trainer.feed.describe()
+    loaders = train.make_loaders(trainer.hps, trainer.world, trainer.feed, Spec.for_size(32),
+                                 train_split, valid_split)
+    sums = train.RunningSums(trainer.placement.device)
+    perf, step = train.train_one_epoch(trainer, loaders.train, 1, 0, sums, None)
+    assert step == 2 and sums.seen == 8 and math.isfinite(sums.result()["loss"])
+    assert (perf["data_path"], perf["workers"]) == ("gpu", 0) and perf["shm_mib"] >= 0
+    line = profiling.perf_line(1, 3, perf)
+    assert line.startswith("PERF epoch=1/3 images/s=")
+    assert line.endswith(f"bound data_path=gpu workers=0 shm={perf['shm_mib']}MiB")
+
+
+def test_data_path_auto_resolves_to_cpu_without_cuda():
+    hps = config.parse({"model": "resnet18", "pretrained": "false"})
+    placement = train.placement_for(hps, distributed.World())
+    feed = train.make_feed(hps, placement, workers=3)
+    assert (feed.path, feed.workers, feed.timeout) == ("cpu", 3, 300.0)
+
+
+# ---- GPUs torch cannot use
+
+def test_gpus_torch_cannot_use_are_named_with_the_driver_and_cuda_needed(
+        sm_base, no_sm_vars, monkeypatch, tmp_path):
+    from dogbreed_train import cluster
+
+    assert cluster.unusable_gpus(Cluster.read()) == ""  # nothing promises a GPU here
+    monkeypatch.setenv("SM_NUM_GPUS", "1")
+    monkeypatch.setattr(cluster, "DRIVER_VERSION", tmp_path / "absent")
+    line = cluster.unusable_gpus(Cluster.read())
+    assert line.startswith("this host has GPUs (SM_NUM_GPUS=1), but PyTorch cannot use "
+                           "them: NVIDIA driver none found")
+    assert f"needs CUDA {torch.version.cuda}, which needs NVIDIA driver 580 or newer" in line
+    assert "forward-compatibility" in line and "docs/training.md" in line
+    version = tmp_path / "version"
+    version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar "
+                       "5 22:16:17 UTC 2024\nGCC version:  gcc version 12.2.0\n")
+    monkeypatch.setattr(cluster, "DRIVER_VERSION", version)
+    assert "NVIDIA driver 550.54.15 found" in cluster.unusable_gpus(Cluster.read())
+
+
+@pytest.mark.parametrize("instance,promised", [
+    ("ml.g5.xlarge", True), ("ml.p4d.24xlarge", True), ("ml.g4dn.xlarge", True),
+    ("local_gpu", True), ("ml.g4ad.xlarge", False), ("ml.m5.xlarge", False),
+    ("ml.trn1.2xlarge", False), ("local", False)])
+def test_instance_types_with_nvidia_gpus(sm_base, no_sm_vars, instance, promised):
+    from dogbreed_train import cluster
+
+    config_dir = sm_base / "input" / "config"
+    config_dir.mkdir(parents=True)
+    (config_dir / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-1", "hosts": ["algo-1"], "current_instance_type": instance}))
+    assert bool(cluster.gpus_promised(Cluster.read())) is promised
