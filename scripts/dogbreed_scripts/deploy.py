@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -164,7 +163,8 @@ def check_options(args: argparse.Namespace, cfg) -> None:
 # --- local mode ---------------------------------------------------------------------
 
 def serve_local(ctx: Context) -> int:
-    """Start a local endpoint and keep it up until SIGINT/SIGTERM."""
+    """Start a local endpoint and keep it up until SIGINT/SIGTERM (settings.run turns
+    SIGTERM into KeyboardInterrupt)."""
     args, cfg = ctx.args, ctx.settings
     from dogbreed_scripts import local_endpoint
 
@@ -173,10 +173,6 @@ def serve_local(ctx: Context) -> int:
     if not tarball.is_file():
         raise ConfigError(f"model {tarball} does not exist")
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     name = args.endpoint_name or time.strftime("dogbreed-local-%Y%m%d-%H%M%S", time.gmtime())
     print(f"==> local endpoint {name} with {cfg.local_serve_image}", flush=True)
     endpoint = local_endpoint.start(cfg.local_serve_image, tarball,
@@ -212,17 +208,21 @@ def serve_local_detached(argv: list[str], ctx: Context, timeout: float = 600) ->
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        endpoint = ctx.reload().local_endpoint
-        if endpoint is not None and endpoint.pid == child.pid:
-            print(f"local endpoint {endpoint.name} serving at "
-                  f"http://127.0.0.1:{endpoint.port}/invocations (pid {child.pid}, "
-                  f"log {log})\nstop it with: scripts/cleanup.py --local")
-            return 0
-        if child.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise ConfigError("the local endpoint did not start: " + " | ".join(tail))
-        time.sleep(1)
+    try:
+        while time.monotonic() < deadline:
+            endpoint = ctx.reload().local_endpoint
+            if endpoint is not None and endpoint.pid == child.pid:
+                print(f"local endpoint {endpoint.name} serving at "
+                      f"http://127.0.0.1:{endpoint.port}/invocations (pid {child.pid}, "
+                      f"log {log})\nstop it with: scripts/cleanup.py --local")
+                return 0
+            if child.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise ConfigError("the local endpoint did not start: " + " | ".join(tail))
+            time.sleep(1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before it answered: it stops, too
+        child.terminate()  # its own SIGTERM handling removes the container
+        raise
     child.terminate()
     raise ConfigError(f"the local endpoint did not answer within {timeout:.0f} s; see {log}")
 
