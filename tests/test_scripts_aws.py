@@ -314,6 +314,9 @@ def test_tune_overrides_ranges_static_values_and_settings(aws):
     (["--range", "lr=0.1:1"], "expected cont:LOW:HIGH"),
     (["--range", "lr=cont:0:1:log"], "a log scale needs LOW > 0"),
     (["--static", "lr=0.1"], "both static and tuned"),
+    (["--max-parallel-jobs", "0"], "--max-parallel-jobs must be at least 1 (got 0)"),
+    (["--max-jobs", "-1"], "--max-jobs must be at least 1 (got -1)"),
+    (["--resume", "dogbreed-hpo-local-241122-1200"], "--resume is for --local tuning only"),
 ])
 def test_tune_rejects_bad_input_before_calling_aws(aws, args, message):
     line = one_error_line(aws.run("tune", "--detach", *args, ok=False))

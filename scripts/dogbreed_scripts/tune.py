@@ -114,7 +114,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.local:
         given = [f for f, v in (("--resume", args.resume), ("--seed", args.seed)) if v is not None]
         if given:
-            raise ConfigError(f"{' and '.join(given)} only apply to --local tuning")
+            raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                              "for --local tuning only")
     elif args.resume:
         given = [flag for name, flag in STORED_IN_PLAN.items() if getattr(args, name) is not None]
         if given:
