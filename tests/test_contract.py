@@ -199,6 +199,8 @@ def test_log_lines_escape_control_characters_and_keep_their_own_layout():
     table = logged("rule verdicts:\n  Overfit  NoIssuesFound")
     assert table.split("\n")[1] == metric_lines.CONTINUATION + "  Overfit  NoIssuesFound"
     assert logged("%(name)s", {"name": "a\nb"}).endswith(": a\\nb")
+    undecodable = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    assert logged("%s", undecodable).endswith(": caf\\udce9.jpg")
 
 
 def test_final_values_come_from_the_job_record():

@@ -121,19 +121,25 @@ def training_started(job_dir: Path, name: str):
     return lambda: log.is_file() and "dogbreed_train: data:" in log.read_text()
 
 
+def signal_during_first_trial(args: list[str], signum: int, env: dict, tmp_path: Path):
+    """Start a study, send `signum` once its first trial trains; (proc, job, job_dir, out)."""
+    proc = start_tune(*QUIET_DEFAULTS, *args, env=env, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "work" / "state.json").exists(), 120, "the job to start")
+    job = state(tmp_path)["tuning_job"]
+    job_dir = tmp_path / "work" / "tuning" / job
+    wait_for(training_started(job_dir, f"{job}-001"), 300, "trial 1 to train")
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    return proc, job, job_dir, out
+
+
 def test_killed_study_resumes_keeps_finished_trials_and_reruns_the_interrupted_one(
         data, env, tmp_path):
     args = ["--data", str(data), "--max-jobs", "2", "--max-parallel-jobs", "1",
             "--early-stopping", "Off", "--range", "lr=cont:0.002:0.02:log",
             *statics(epochs="1", **{"batch-size": "8"})]
     # Ctrl-C during the first trial: its container is stopped and removed.
-    proc = start_tune(*QUIET_DEFAULTS, *args, env=env, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "work" / "state.json").exists(), 120, "the job to start")
-    job = state(tmp_path)["tuning_job"]
-    job_dir = tmp_path / "work" / "tuning" / job
-    wait_for(training_started(job_dir, f"{job}-001"), 300, "trial 1 to train")
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    proc, job, job_dir, out = signal_during_first_trial(args, signal.SIGINT, env, tmp_path)
     assert proc.returncode == 130, out
     assert f"--resume {job}" in out and job_containers(job_dir) == []
     assert [r["status"] for r in read_rows(job_dir)] == ["Stopped"]
@@ -162,15 +168,9 @@ def test_killed_study_resumes_keeps_finished_trials_and_reruns_the_interrupted_o
 def test_sigterm_stops_the_study_as_ctrl_c_does(data, env, tmp_path):
     """`timeout`, systemd and CI runners stop a command with SIGTERM: the running trial's
     container is removed and the trial is queued to run again on --resume."""
-    proc = start_tune(*QUIET_DEFAULTS, "--data", str(data), "--max-jobs", "1",
-                      "--max-parallel-jobs", "1", "--range", "lr=cont:0.002:0.02:log",
-                      *statics(epochs="1", **{"batch-size": "8"}), env=env, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "work" / "state.json").exists(), 120, "the job to start")
-    job = state(tmp_path)["tuning_job"]
-    job_dir = tmp_path / "work" / "tuning" / job
-    wait_for(training_started(job_dir, f"{job}-001"), 300, "trial 1 to train")
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    args = ["--data", str(data), "--max-jobs", "1", "--max-parallel-jobs", "1",
+            "--range", "lr=cont:0.002:0.02:log", *statics(epochs="1", **{"batch-size": "8"})]
+    proc, job, job_dir, out = signal_during_first_trial(args, signal.SIGTERM, env, tmp_path)
     assert proc.returncode == 143, out
     assert f"--resume {job}" in out and "terminated (SIGTERM)" in out
     assert job_containers(job_dir) == []

@@ -97,13 +97,14 @@ def final_value(name: str, record: dict) -> float | None:
 
 def escape(text: str, keep_newlines: bool = False) -> str:
     """`text` with every control character (and Unicode line or paragraph separator)
-    written as an escape (``\\n``, ``\\x1b``, ``\\u2028``), so that it stays on one line.
+    written as an escape (``\\n``, ``\\x1b``, ``\\u2028``), so that it stays on one line;
+    so is a lone surrogate (a file name's undecodable byte), so that the line is UTF-8.
     With keep_newlines, "\\n" is left for the caller to break the line at."""
     out = []
     for ch in text:
         if ch == "\n" and keep_newlines:
             out.append(ch)
-        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
             out.append(ch.encode("unicode_escape").decode("ascii"))
         else:
             out.append(ch)
