@@ -85,6 +85,16 @@ class Server:
         out = docker("logs", self.id, check=False)
         return out.stdout + out.stderr
 
+    def logs_once(self, ready, timeout: float = 60) -> str:
+        """The log, once ``ready(log)`` holds (lines reach it through serve's pipes)."""
+        deadline = time.monotonic() + timeout
+        while not ready(text := self.logs()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the log lacks what was expected after {timeout} s:\n"
+                            f"{text[-3000:]}")
+            time.sleep(0.1)
+        return text
+
     def state(self) -> dict:
         out = docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.State.OOMKilled}}",
                      self.id).stdout.split()

@@ -193,7 +193,7 @@ def test_a_name_in_a_log_line_never_makes_or_changes_a_metric(name):
 
 
 def test_log_lines_escape_control_characters_and_keep_their_own_layout():
-    assert logged("%s", "a\nb\tc\x1b[31md") .endswith(": a\\nb\\tc\\x1b[31md")
+    assert logged("%s", "a\nb\tc\x1b[31md").endswith(": a\\nb\tc\\x1b[31md")  # tabs stay
     assert logged("%d images, %.2f s, %r", 3, 0.5, "x\ny").endswith(
         ": 3 images, 0.50 s, 'x\\ny'")
     table = logged("rule verdicts:\n  Overfit  NoIssuesFound")

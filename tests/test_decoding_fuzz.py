@@ -158,17 +158,106 @@ def test_structure_bombs_are_refused_before_decoding():
                            SPECS[0]).shape == (3, 64, 64)
 
 
-def test_decoding_stops_at_its_deadline():
-    import time
+class Clock:
+    """decoding's clock (its ``time.monotonic``), moved only by the test: each step of a
+    decode takes the time the test gives it, whatever the CPU."""
 
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def taking(self, seconds: float, step):
+        """``step``, made to take ``seconds`` on this clock."""
+        def slow(*args, **kwargs):
+            self.now += seconds
+            return step(*args, **kwargs)
+        return slow
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(decoding, "time", fake)
+    return fake
+
+
+def test_decoding_stops_at_its_deadline(clock, monkeypatch):
+    """36 megapixels in 36 KB, read 8 KB at a time: with each read of the body taking
+    20 ms, a 0.05 s deadline stops the decode at the first read past it."""
     from dogbreed_scripts import malformed
 
-    body = malformed.png_zeros(6000, 6000)  # 36 megapixels in 36 KB: about 1 s to decode
-    start = time.perf_counter()
+    body = malformed.png_zeros(6000, 6000)
+    monkeypatch.setattr(decoding.DeadlineReader, "read",
+                        clock.taking(0.02, decoding.DeadlineReader.read))
+    decoding.decode(body, "image/png", SPECS[0], timeout_s=10)
+    reads_in_all = round(clock.now / 0.02)
+    passed = []  # each check of the deadline: had it passed?
+    check = decoding.Deadline.check
+
+    def counted(deadline):
+        passed.append(clock.now > deadline.at)
+        check(deadline)
+    monkeypatch.setattr(decoding.Deadline, "check", counted)
+
+    clock.now = 0.0
     with pytest.raises(decoding.ClientError) as err:
         decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05)
     assert err.value.status == 413 and "took more than 0.05 s" in err.value.message
-    assert time.perf_counter() - start < 0.5
+    assert passed.count(True) == 1 and passed[-1], passed  # stopped at the first one
+    assert round(clock.now / 0.02) < reads_in_all, reads_in_all
+
+
+# A 16-bit grey PNG turned by its EXIF orientation: its decode goes through every step.
+def _turned_16_bit_png() -> bytes:
+    img = Image.fromarray(np.arange(300 * 200, dtype=np.uint16).reshape(200, 300) * 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("step", ["reading", "EXIF rotation", "16-bit conversion",
+                                  "mode conversion", "resizing"])
+def test_the_deadline_bounds_every_step_of_a_decode(clock, monkeypatch, step):
+    """On a CPU where one step of the decode is slow (1 s here), a 0.05 s deadline
+    still refuses the request, whichever step it is: the deadline is checked after
+    each one, not only between Pillow's reads of the body."""
+    body = _turned_16_bit_png()
+    assert decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05).shape == (3, 64, 64)
+    where, name = {"reading": (decoding.DeadlineReader, "read"),
+                   "EXIF rotation": (decoding.ImageOps, "exif_transpose"),
+                   "16-bit conversion": (decoding, "to_8bit"),
+                   "mode conversion": (decoding, "to_rgb"),
+                   "resizing": (decoding, "eval_array")}[step]
+    monkeypatch.setattr(where, name, clock.taking(1.0, getattr(where, name)))
+
+    with pytest.raises(decoding.ClientError) as err:
+        decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05)
+    assert err.value.status == 413 and "took more than 0.05 s" in err.value.message
+
+
+def test_waiting_for_decode_memory_is_not_counted_as_decoding(clock, monkeypatch, tmp_path):
+    """A large image that waits 40 ms for its share of the decode memory, then decodes
+    in 30 ms: within a 0.05 s deadline, which the decode itself gets whole once it holds
+    its memory (the wait has its own, the same length: 503 past it). Its own steps stay
+    bounded: 60 ms of them are refused."""
+    from dogbreed_scripts import malformed
+    from dogbreed_serve import memory
+
+    memory.create(tmp_path, 300 * memory.MIB)
+    budget = memory.DecodeMemory.in_run_dir(str(tmp_path))
+    body = malformed.png_zeros(6000, 6000)  # 36 megapixels: it reserves 206 MiB
+    monkeypatch.setattr(budget, "reserve", clock.taking(0.04, budget.reserve))
+    monkeypatch.setattr(decoding, "to_rgb", clock.taking(0.03, decoding.to_rgb))
+    assert decoding.decode(body, "image/png", SPECS[0], 0.05, budget).shape == (3, 64, 64)
+
+    monkeypatch.setattr(decoding, "eval_array", clock.taking(0.03, decoding.eval_array))
+    with pytest.raises(decoding.ClientError) as err:
+        decoding.decode(body, "image/png", SPECS[0], 0.05, budget)
+    assert err.value.status == 413 and "took more than 0.05 s" in err.value.message
 
 
 @settings(max_examples=60, deadline=None, database=None)

@@ -146,7 +146,8 @@ def test_a_bad_image_inside_a_batch_gets_its_own_4xx_and_the_rest_are_answered(
     assert model.batches == [(3, 3, 32, 32)]   # one forward pass for the three good ones
     assert context.response_headers == {}      # never a per-request header (handler.py)
     refused = [line for line in worker_log if line["message"].startswith("answered 400")]
-    assert [line["request_id"] for line in refused] == ["r1", "r3"]
+    # in the order the decode threads finished, which the machine's load decides
+    assert sorted(line["request_id"] for line in refused) == ["r1", "r3"]
 
 
 def test_top_k_is_read_per_request(service):

@@ -7,7 +7,10 @@ outside: exit codes, how long `docker stop` takes, what the log says, what clien
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
 import threading
 import time
 import uuid
@@ -86,7 +89,10 @@ def test_docker_stop_drains_concurrent_load(serve_image, trained_model):
         threads = [threading.Thread(target=client) for _ in range(6)]
         for t in threads:
             t.start()
-        time.sleep(3)
+        deadline = time.monotonic() + 120
+        while len(results) <= 20:  # under load: more than 20 answered, at any speed
+            assert time.monotonic() < deadline, results
+            time.sleep(0.05)
         stop_at.append(time.monotonic())
         docker("stop", "-t", "30", srv.id)
         stop_s = time.monotonic() - stop_at[0]
@@ -101,6 +107,56 @@ def test_docker_stop_drains_concurrent_load(serve_image, trained_model):
         assert "drained and stopped" in logs(srv.id)
     finally:
         done.set()
+        srv.stop()
+
+
+def test_requests_begun_before_sigterm_are_answered_by_the_model(serve_image, trained_model):
+    """A large JPEG half uploaded, and another request with half its headers sent, when
+    `docker stop` comes: both are answered by the model (200 with predictions) once
+    their clients finish sending, over 4 s, while the public port takes no new
+    connection. serve then exits 0."""
+    from images import encode, photo
+
+    body = encode(photo(1600, 1200), "JPEG", quality=95)  # about 2 MB
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    srv = Server(serve_image, trained_model.root / "model")
+    stopper = None
+    try:
+        srv.wait_ready()
+        host, port = srv.url.rsplit("/", 1)[1].split(":")
+        uploading = socket.create_connection((host, int(port)), timeout=60)
+        uploading.sendall(head + body[:len(body) // 2])
+        heading = socket.create_connection((host, int(port)), timeout=60)
+        heading.sendall(head[:40])
+        stopper = threading.Thread(target=docker, args=("stop", "-t", "30", srv.id))
+        stopper.start()
+        deadline = time.monotonic() + 30
+        while "SIGTERM received: draining" not in logs(srv.id):
+            assert time.monotonic() < deadline, logs(srv.id)[-2000:]
+            time.sleep(0.05)
+        heading.sendall(head[40:])
+        rest = body[len(body) // 2:]
+        for i in range(8):  # a slow client: the rest over 4 s
+            uploading.sendall(rest[i * len(rest) // 8:(i + 1) * len(rest) // 8])
+            heading.sendall(body[i * len(body) // 8:(i + 1) * len(body) // 8])
+            time.sleep(0.5)
+        for sock in (uploading, heading):
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            sock.close()
+            status_line, _, _ = reply.partition(b"\r\n")
+            assert status_line.split()[1] == b"200", reply[:500]
+            assert b'"predictions"' in reply, reply[:500]
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{srv.url}/ping", timeout=5)
+        stopper.join(timeout=60)
+        assert state(srv.id) == ("exited", 0), logs(srv.id)[-2000:]
+        assert "drained and stopped" in logs(srv.id)
+    finally:
+        if stopper:
+            stopper.join(timeout=60)
         srv.stop()
 
 
@@ -127,15 +183,27 @@ def test_restarted_container_serves_again(serve_image, trained_model):
 
 
 def test_sigterm_while_starting_stops_at_once(serve_image, trained_model):
-    """SIGTERM during start-up (before /ping says yes) ends serve promptly with 0."""
+    """SIGTERM during start-up (before /ping says yes) ends serve promptly with 0.
+
+    The container is frozen (docker pause) as soon as MMS's launcher has printed its
+    first line, so the signal lands while MMS is starting on any machine, however
+    fast: it waits, queued, until the container thaws."""
     cid = run_serve(serve_image, trained_model.root / "model")
     try:
-        time.sleep(2)  # MMS starting, the model not yet registered
+        deadline = time.monotonic() + 60
+        while "MMS is using" not in logs(cid):  # serve has its handlers; MMS is starting
+            assert time.monotonic() < deadline and state(cid)[0] == "running", logs(cid)
+            time.sleep(0.02)
+        docker("pause", cid)
+        assert "nginx" not in docker("top", cid).stdout, "was ready before it was frozen"
         start = time.monotonic()
-        docker("stop", "-t", "30", cid)
+        os.kill(int(docker("inspect", "-f", "{{.State.Pid}}", cid).stdout), signal.SIGTERM)
+        docker("unpause", cid)
+        wait_exit(cid, timeout=30)
         took = time.monotonic() - start
         assert state(cid) == ("exited", 0), logs(cid)[-2000:]
         assert took < 10, took
+        assert "SIGTERM received while starting: stopping" in logs(cid)
     finally:
         docker("rm", "-f", cid, check=False)
 
@@ -256,3 +324,87 @@ def test_safe_port_range_that_mms_cannot_use_is_refused_in_one_line(serve_image,
         assert "lies above 32767" in error, text
     finally:
         docker("rm", "-f", cid, check=False)
+
+
+@pytest.mark.parametrize("variable,value,says", [
+    ("DOGBREED_DECODE_TIMEOUT_S", "abc", "it takes a number of seconds above 0"),
+    ("DOGBREED_DECODE_TIMEOUT_S", "nan", "it takes a number of seconds above 0"),
+    ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1.5", "it takes a whole number, 1 or more"),
+    ("SAGEMAKER_BIND_TO_PORT", "70000", "it takes a whole number from 1 to 65535"),
+    ("DOGBREED_LOG_FORMAT", "xml", "it takes text or json"),
+    ("SAGEMAKER_SAFE_PORT_RANGE", "9000-8000", "is reversed: give the lower port first "
+                                               "(8000-9000)"),
+])
+def test_bad_environment_values_are_refused_in_one_line(serve_image, trained_model, variable,
+                                                        value, says):
+    """Exit 2 with one line that names the variable and what it takes, as for every
+    other fault of the environment; no traceback."""
+    cid = run_serve(serve_image, trained_model.root / "model", "-e", f"{variable}={value}")
+    try:
+        error, text, _ = one_line_refusal(cid)
+        assert f"{variable}='{value}'" in error and says in error, text[-2000:]
+        assert "Traceback" not in text
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_a_name_from_outside_stays_on_its_log_line(serve_image, trained_model):
+    """A model folder named with a newline (DOGBREED_MODEL_DIR): the refusal is still one
+    line, and the name cannot forge a line of its own."""
+    cid = run_serve(serve_image, trained_model.root / "model",
+                    "-e", "DOGBREED_MODEL_DIR=/nowhere\n2026-12-04 00:00:00,000 ERROR forged")
+    try:
+        error, text, _ = one_line_refusal(cid)
+        assert "no model in /nowhere\\n2026-12-04 00:00:00,000 ERROR forged: " in error
+        assert not any(line.startswith("2026-12-04 00:00:00") for line in text.splitlines())
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+# Read as they are, whatever they hold: paths, JVM flags, the toolkit's own strings.
+FREE_TEXT = {"DOGBREED_MODEL_DIR", "DOGBREED_RUN_DIR", "SAGEMAKER_BASE_DIR",
+             "SAGEMAKER_MODEL_SERVER_VMARGS", "SAGEMAKER_PROGRAM", "SAGEMAKER_MULTI_MODEL",
+             "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "SAGEMAKER_SAFE_PORT_RANGE"}
+PROBE = """
+import json, os
+from dogbreed_serve import settings
+
+class Recording(dict):
+    read = set()
+    def get(self, key, default=None):
+        Recording.read.add(key)
+        return super().get(key, default)
+    def __getitem__(self, key):
+        Recording.read.add(key)
+        return super().__getitem__(key)
+
+base = dict(os.environ)
+os.environ = Recording(base)
+settings.Settings.from_env()
+names = sorted(n for n in Recording.read if n.startswith(("DOGBREED_", "SAGEMAKER_")))
+answers = {}
+for name in names:
+    os.environ = Recording(base, **{name: "abc"})
+    try:
+        settings.Settings.from_env()
+        answers[name] = None
+    except settings.SettingsError as exc:
+        answers[name] = str(exc)
+    except Exception as exc:
+        answers[name] = "not SettingsError: " + type(exc).__name__
+print(json.dumps(answers))
+"""
+
+
+def test_every_number_or_choice_serve_reads_is_checked(serve_image):
+    """Every DOGBREED_* and SAGEMAKER_* variable that Settings.from_env reads in the
+    image (the inference toolkit's included), set to 'abc': refused with the one line
+    naming it, unless it is free text."""
+    out = docker("run", "--rm", "--network", "none", serve_image, "python", "-c", PROBE)
+    answers = json.loads(out.stdout.splitlines()[-1])
+    assert "DOGBREED_DECODE_TIMEOUT_S" in answers and "SAGEMAKER_STARTUP_TIMEOUT" in answers
+    for name, answer in answers.items():
+        if name in FREE_TEXT:
+            continue
+        assert answer and answer.startswith(f"environment variable {name}='abc' is not "
+                                            "allowed: it takes "), (name, answer)

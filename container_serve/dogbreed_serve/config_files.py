@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import socket
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 from dogbreed_contract import media
 
-from .settings import Settings
+from .settings import Settings, shown
 
 CONF = Path(__file__).with_name("conf")
 # nginx finishes the requests in flight within this, then MMS gets the rest of
@@ -37,15 +38,17 @@ def port_range(value: str | None) -> range:
     without the ports MMS refuses."""
     if not value or not value.strip():
         return range(8081, MMS_MAX_PORT + 1)
+    named = f"SAGEMAKER_SAFE_PORT_RANGE={shown(value)}"
     try:
         low, high = (int(part) for part in value.strip().split("-"))
     except ValueError:
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={value!r} is not LOW-HIGH (for example "
-                          "20000-20999)") from None
+        raise ConfigError(f"{named} is not LOW-HIGH (for example 20000-20999)") from None
+    if low > high:
+        raise ConfigError(f"{named} is reversed: give the lower port first ({high}-{low})")
     if not 1 <= low <= high <= 65535:
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={value!r}: ports run from 1 to 65535")
+        raise ConfigError(f"{named}: ports run from 1 to 65535")
     if low > MMS_MAX_PORT:
-        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={value!r} lies above {MMS_MAX_PORT}, "
+        raise ConfigError(f"{named} lies above {MMS_MAX_PORT}, "
                           "where multi-model-server 1.1.11 refuses to listen: give a range "
                           f"that reaches below {MMS_MAX_PORT + 1}")
     return range(low, min(high, MMS_MAX_PORT) + 1)
@@ -96,14 +99,31 @@ def write_mms_properties(run_dir: Path, settings: Settings, inference_port: int,
     return path
 
 
-def nginx_conf(settings: Settings, run_dir: Path, mms_port: int) -> str:
+UNAVAILABLE_FILE = "unavailable"
+
+
+@dataclass(frozen=True)
+class NginxFiles:
+    """nginx's files in the run folder, and what serve does with them (supervisor.py)."""
+    conf: Path         # the configuration nginx runs with
+    closed: Path       # the same with the public port closed: the drain swaps it in, reloads
+    unavailable: Path  # while this file exists, /ping and /invocations answer 503 at once
+
+
+def nginx_conf(settings: Settings, run_dir: Path, mms_port: int, public: bool = True) -> str:
+    """nginx.conf; ``public=False``: the public server listens on a socket in the run
+    folder instead of the public port (nobody connects to it)."""
+    listen = f"{settings.port} reuseport" if public else f"unix:{run_dir}/public-closed.sock"
     return string.Template((CONF / "nginx.conf.template").read_text()).substitute(
-        workdir=run_dir, port=settings.port, mms_port=mms_port, max_body=settings.max_body,
+        workdir=run_dir, mms_port=mms_port, max_body=settings.max_body,
         timeout=settings.timeout_s, drain_s=DRAIN_S, accepted_types=media.nginx_type_pattern(),
-        accepted_types_text=", ".join(t for t in media.ACCEPTED_TYPES if t != "image/jpg"))
+        accepted_types_text=", ".join(t for t in media.ACCEPTED_TYPES if t != "image/jpg"),
+        public_listen=listen, unavailable=run_dir / UNAVAILABLE_FILE)
 
 
-def write_nginx_conf(run_dir: Path, settings: Settings, mms_port: int) -> Path:
-    path = run_dir / "nginx.conf"
-    path.write_text(nginx_conf(settings, run_dir, mms_port))
-    return path
+def write_nginx_conf(run_dir: Path, settings: Settings, mms_port: int) -> NginxFiles:
+    files = NginxFiles(run_dir / "nginx.conf", run_dir / "nginx-closed.conf",
+                       run_dir / UNAVAILABLE_FILE)
+    files.conf.write_text(nginx_conf(settings, run_dir, mms_port))
+    files.closed.write_text(nginx_conf(settings, run_dir, mms_port, public=False))
+    return files

@@ -10,8 +10,12 @@ anything is decoded, and again while it decodes (docs/hardening.md):
   MAX_PNG_CHUNKS chunks in a PNG (Pillow parses each one in Python);
 - the header: the image, and the image the evaluation transform would resize it
   to, stay within ``MAX_PIXELS``;
-- time: decoding stops at a deadline (Pillow reads the body block by block, and each
-  read checks the clock);
+- time: the whole decode has a deadline (``Deadline``), checked at every read of the
+  body (Pillow reads it block by block) and between the steps that follow (EXIF
+  rotation, 16-bit conversion strip by strip, mode conversion, resizing). Past it, the
+  request gets 413: no step starts after the deadline, and a step in progress, of an
+  image within MAX_PIXELS, runs to its end (Pillow's C code cannot be interrupted).
+  A wait for decode memory (below) has the same time, before the decode's own starts;
 - memory: an image whose decoding needs more than a few MiB reserves that much of
   the container's decode memory first (memory.py), and waits its turn if others hold it.
 
@@ -85,19 +89,35 @@ class ClientError(Exception):
 
 
 class DecodeTimeout(Exception):
-    """Raised from inside Pillow's reads once the request's decode deadline has passed."""
+    """Raised once the request's decode deadline has passed (also inside Pillow's reads)."""
+
+
+class Deadline:
+    """When a request's decoding must be done, on time.monotonic's clock."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.restart()
+
+    def restart(self) -> None:
+        """The whole time again, from now: the decoding proper starts once the request
+        holds its decode memory, and waiting for that memory is not the image's doing."""
+        self.at = time.monotonic() + self.seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise DecodeTimeout
 
 
 class DeadlineReader(io.BytesIO):
-    """The body as a file whose every read fails after ``deadline`` (time.monotonic)."""
+    """The body as a file whose every read fails once ``deadline`` has passed."""
 
-    def __init__(self, body: bytes, deadline: float):
+    def __init__(self, body: bytes, deadline: Deadline):
         super().__init__(body)
         self.deadline = deadline
 
     def read(self, size: int | None = -1) -> bytes:
-        if time.monotonic() > self.deadline:
-            raise DecodeTimeout
+        self.deadline.check()
         return super().read(size)
 
 
@@ -168,7 +188,7 @@ def check_png_structure(body: bytes) -> None:
         pos += 12 + length
 
 
-def open_image(body: bytes, fmt: str, deadline: float) -> Image.Image:
+def open_image(body: bytes, fmt: str, deadline: Deadline) -> Image.Image:
     """Check the file's structure, then open it (headers only) with the deadline reader."""
     (check_jpeg_structure if fmt == "JPEG" else check_png_structure)(body)
     try:
@@ -222,20 +242,20 @@ def decode_bytes(img: Image.Image) -> int:
 STRIP_PIXELS = 1 << 20
 
 
-def to_8bit(img: Image.Image) -> Image.Image:
+def to_8bit(img: Image.Image, deadline: Deadline) -> Image.Image:
     """A 16- or 32-bit greyscale image to 8-bit 'L', exactly as preprocess.to_rgb does it.
 
     The same expression (``clip(v * (255 / peak), 0, 255)`` in float64, then uint8),
-    strip by strip: a 40-megapixel image needs a few MiB of float64 instead of three
-    full-size copies (about 1 GB). EXIF orientation is applied first, as to_rgb does,
-    since the new image carries no metadata.
+    strip by strip, checking the deadline between strips: a 40-megapixel image needs a
+    few MiB of float64 instead of three full-size copies (about 1 GB). EXIF orientation
+    must be applied before (load_rgb does), since the new image carries no metadata.
     """
-    ImageOps.exif_transpose(img, in_place=True)
     arr = np.asarray(img)
     peak = 65535.0 if arr.max() > 255 else 255.0
     out = np.empty(arr.shape, np.uint8)
     rows = max(1, STRIP_PIXELS // max(1, arr.shape[1]))
     for top in range(0, arr.shape[0], rows):
+        deadline.check()
         strip = arr[top:top + rows].astype(np.float64)
         out[top:top + rows] = np.clip(strip * (255.0 / peak), 0, 255).astype(np.uint8)
     return Image.fromarray(out)
@@ -247,11 +267,17 @@ def draft(img: Image.Image, spec: Spec) -> None:
         img.draft("RGB", (spec.resize_size, spec.resize_size))
 
 
-def load_rgb(img: Image.Image) -> Image.Image:
-    """preprocess.load_rgb for an image that is already open and drafted (see the module doc)."""
-    img.load()
+def load_rgb(img: Image.Image, deadline: Deadline) -> Image.Image:
+    """preprocess.load_rgb for an image that is already open and drafted (see the module
+    doc), its steps one by one with the deadline checked between them. The EXIF
+    rotation comes first, as in to_rgb, whose own rotation then finds nothing to do."""
+    img.load()  # every read of the body checks the deadline
+    deadline.check()
+    ImageOps.exif_transpose(img, in_place=True)
+    deadline.check()
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = to_8bit(img)
+        img = to_8bit(img, deadline)
+        deadline.check()
     return to_rgb(img)
 
 
@@ -272,22 +298,26 @@ def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec,
             raise ClientError(415, "the application/octet-stream body is not a JPEG or PNG "
                                    "image (unrecognised file signature)")
         raise ClientError(400, NOT_AN_IMAGE)
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s)
     try:
         img = open_image(body, fmt, deadline)
         check_dimensions(img.width, img.height, spec)
         draft(img, spec)
         need = decode_bytes(img)
-        reservation = (memory.reserve(need, deadline) if memory and need >= RESERVE_FROM_BYTES
-                       else nullcontext())
+        reservation = (memory.reserve(need, deadline.at)
+                       if memory and need >= RESERVE_FROM_BYTES else nullcontext())
         with reservation:
+            deadline.restart()
             try:
-                rgb = load_rgb(img)
+                rgb = load_rgb(img, deadline)
             except (DecodeTimeout, MemoryError, Image.DecompressionBombError):
                 raise
             except Exception:  # noqa: BLE001 - truncated, broken stream, bad metadata
                 raise ClientError(400, CORRUPT) from None
-            return eval_array(rgb, spec)
+            deadline.check()
+            array = eval_array(rgb, spec)  # resizing
+            deadline.check()  # a decode past its deadline is refused, whatever it got to
+            return array
     except ClientError:
         raise
     except DecodeTimeout:

@@ -28,6 +28,18 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
                                                                         default=None)
 
 
+# Control characters (newlines, carriage returns, terminal escapes) and Unicode line
+# separators, as the text log writes them: escaped, so that a name from outside (a path
+# in the environment, a model card's field, a request line) cannot start a log line of
+# its own (tabs stay). JSON lines escape them anyway.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09} | {
+    0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
 def json_format() -> bool:
     return os.environ.get("DOGBREED_LOG_FORMAT", "text").strip().lower() == "json"
 
@@ -45,7 +57,7 @@ class Writer:
         self.lock = threading.Lock()
 
     def write(self, record: dict, text: str) -> None:
-        line = json.dumps(record, ensure_ascii=False) if self.as_json else text
+        line = json.dumps(record, ensure_ascii=False) if self.as_json else one_line(text)
         with self.lock:
             self.stream.write(line + "\n")
             self.stream.flush()
@@ -57,6 +69,10 @@ class ServeFormatter(logging.Formatter):
     def __init__(self, as_json: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.as_json = as_json
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         if not self.as_json:

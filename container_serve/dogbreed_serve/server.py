@@ -44,7 +44,7 @@ from dogbreed_contract.model_card import FILE as MODEL_CARD_FILE
 from dogbreed_contract.model_card import ModelCard
 
 from . import config_files, logs
-from .settings import READY_FILE, RUN_DIR_ENV, Settings
+from .settings import READY_FILE, RUN_DIR_ENV, Settings, SettingsError, shown
 from .supervisor import Failure, State, Stop, Supervisor
 
 log = logging.getLogger("dogbreed_serve.server")
@@ -53,12 +53,24 @@ SERVICE_USER = "model-server"
 RUN_PREFIX, MODEL_COPY_PREFIX = "dogbreed-serve-", "dogbreed-model-"
 
 
+# The run folder holds Unix sockets (nginx's internal hops, /metrics, MMS's workers),
+# and the kernel takes at most 107 bytes for a socket's path: the folder it is made in
+# may take up what the longest one, /dogbreed-serve-XXXXXXXX/public-closed.sock, leaves.
+BASE_MAX_CHARS = 107 - len("/dogbreed-serve-XXXXXXXX/public-closed.sock")
+
+
 def writable_base() -> Path:
     """Where this start keeps its files: the first writable of TMPDIR, /tmp, /dev/shm,
-    /var/tmp. A container run with --read-only still has /dev/shm (a tmpfs)."""
+    /var/tmp whose path leaves room for the sockets. A container run with --read-only
+    still has /dev/shm (a tmpfs)."""
     candidates = [os.environ.get("TMPDIR"), "/tmp", "/dev/shm", "/var/tmp"]  # nosec B108
     for candidate in dict.fromkeys(c for c in candidates if c):
         path = Path(candidate)
+        if len(os.fsencode(path.absolute())) > BASE_MAX_CHARS:
+            log.warning("not keeping the run folder in %s: its path is longer than the %d "
+                        "bytes the Unix sockets in it leave room for", shown(str(path), 60),
+                        BASE_MAX_CHARS)
+            continue
         try:
             probe = tempfile.mkdtemp(prefix=".dogbreed-probe-", dir=path)
         except OSError:
@@ -89,10 +101,14 @@ def drop_privileges(model_dir: str, model_file: str, base: Path) -> str:
     if os.getuid() != 0:
         return model_dir
     user = pwd.getpwnam(SERVICE_USER)
-    readable = all(
-        subprocess.run(["test", "-r", str(Path(model_dir) / name)], user=user.pw_uid,
-                       group=user.pw_gid, extra_groups=[]).returncode == 0
-        for name in (MODEL_CARD_FILE, model_file))
+    try:
+        readable = all(
+            subprocess.run(["test", "-r", str(Path(model_dir) / name)], user=user.pw_uid,
+                           group=user.pw_gid, extra_groups=[], timeout=60).returncode == 0
+            for name in (MODEL_CARD_FILE, model_file))
+    except subprocess.TimeoutExpired:
+        raise Failure(f"checking whether {SERVICE_USER} can read {model_dir} took over 60 s: "
+                      "the file system holding the model does not answer", 2) from None
     if not readable:
         copy = Path(tempfile.mkdtemp(prefix=MODEL_COPY_PREFIX, dir=base))
         try:
@@ -169,9 +185,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     supervisor.writer = logs.configure_serve_logging()
-    settings = Settings.from_env()  # the one Settings of this process, passed down
     try:
+        settings = Settings.from_env()  # the one Settings of this process, passed down
         mms_port = start(supervisor, settings)
+    except SettingsError as exc:
+        return supervisor.fail(Failure(str(exc), 2))
     except Stop:
         return supervisor.stop_starting()
     except Failure as exc:

@@ -17,6 +17,7 @@ the rest are ours (DOGBREED_*).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -27,6 +28,82 @@ RUN_DIR_ENV = "DOGBREED_RUN_DIR"
 READY_FILE = "ready"
 
 DEFAULT_MAX_BODY = 6 * 1024 * 1024  # SageMaker's payload limit for real-time endpoints
+
+
+class SettingsError(ValueError):
+    """An environment variable serve cannot use: the one line serve logs before it
+    exits 2, naming the variable and what it takes."""
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """An environment value as an error line quotes it: escaped (so it stays one line)
+    and cut short."""
+    text = ascii(value)
+    return text if len(text) <= limit + 2 else text[:limit + 1] + "...'"
+
+
+def _whole(low: int, high: int | None = None):
+    """A rule: a whole number from ``low`` (to ``high``)."""
+    allowed = (f"a whole number from {low} to {high}" if high is not None
+               else f"a whole number, {low} or more")
+
+    def check(value: str) -> str | None:
+        try:
+            number = int(value)
+        except ValueError:
+            return allowed
+        return None if number >= low and (high is None or number <= high) else allowed
+    return check
+
+
+def _seconds(value: str) -> str | None:
+    """A rule: a number of seconds above 0 (not nan or inf, which no deadline reaches)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    return None if math.isfinite(number) and number > 0 else "a number of seconds above 0"
+
+
+def _one_of(*choices: str):
+    """A rule: one of ``choices``, in any case."""
+    def check(value: str) -> str | None:
+        return None if value.lower() in choices else " or ".join(choices)
+    return check
+
+
+# What each variable this image reads as a number or a choice may hold; anything else
+# is refused in one line before serve starts anything (exit 2). Unset or empty means
+# the default. Free text (paths, JVM flags) takes anything; SAGEMAKER_SAFE_PORT_RANGE is
+# checked where it is parsed (config_files.port_range). The toolkit's Environment
+# parses SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS too, which serve does not use.
+RULES = {
+    "DOGBREED_TOP_K": _whole(1),
+    "DOGBREED_MAX_BATCH": _whole(1),
+    "DOGBREED_MAX_BATCH_DELAY_MS": _whole(0),
+    "DOGBREED_THREADS_PER_WORKER": _whole(0),
+    "DOGBREED_ORT_SPINNING": _one_of("0", "1"),
+    "DOGBREED_DECODE_TIMEOUT_S": _seconds,
+    "DOGBREED_DECODE_MEMORY_MB": _whole(0),
+    "DOGBREED_UNHEALTHY_EXIT_S": _whole(1),
+    "DOGBREED_LOG_FORMAT": _one_of("text", "json"),  # read by logs.json_format
+    "SAGEMAKER_MODEL_SERVER_WORKERS": _whole(1),
+    "SAGEMAKER_BIND_TO_PORT": _whole(1, 65535),
+    # MMS keeps its request size limit (this plus 64 KiB) in a 32-bit integer.
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB": _whole(1, 2047),
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT": _whole(1),
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": _whole(1),
+    "SAGEMAKER_STARTUP_TIMEOUT": _whole(1),
+}
+
+
+def check_environment() -> None:
+    """Raise SettingsError for the first variable of RULES whose value is not allowed."""
+    for name, rule in RULES.items():
+        value = os.environ.get(name, "")
+        if value.strip() and (allowed := rule(value.strip())):
+            raise SettingsError(f"environment variable {name}={shown(value)} is not allowed: "
+                                f"it takes {allowed}, or leave it unset")
 
 
 def _int(name: str, default: int) -> int:
@@ -92,9 +169,11 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         """The one reading of the environment for this process (the inference toolkit
-        is imported here, so that host tests can build Settings without it)."""
+        is imported here, so that host tests can build Settings without it). Raises
+        SettingsError for a value RULES does not allow."""
         from sagemaker_inference.environment import Environment
 
+        check_environment()
         env = Environment()
         base = os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")
         return cls(

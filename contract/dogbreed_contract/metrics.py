@@ -96,13 +96,13 @@ def final_value(name: str, record: dict) -> float | None:
 # --- the log line format ---------------------------------------------------------
 
 def escape(text: str, keep_newlines: bool = False) -> str:
-    """`text` with every control character (and Unicode line or paragraph separator)
-    written as an escape (``\\n``, ``\\x1b``, ``\\u2028``), so that it stays on one line;
-    so is a lone surrogate (a file name's undecodable byte), so that the line is UTF-8.
-    With keep_newlines, "\\n" is left for the caller to break the line at."""
+    """`text` with every control character but tab (and Unicode line or paragraph
+    separator) written as an escape (``\\n``, ``\\x1b``, ``\\u2028``), so that it stays on
+    one line; so is a lone surrogate (a file name's undecodable byte), so that the line is
+    UTF-8. With keep_newlines, "\\n" is left for the caller to break the line at."""
     out = []
     for ch in text:
-        if ch == "\n" and keep_newlines:
+        if ch == "\t" or (ch == "\n" and keep_newlines):
             out.append(ch)
         elif unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
             out.append(ch.encode("unicode_escape").decode("ascii"))

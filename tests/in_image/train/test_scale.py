@@ -197,17 +197,22 @@ def test_profile_window_validation(window, ok):
             config.parse({"profile-steps": window})
 
 
-def test_timed_batches_tell_waiting_from_computing():
-    import time
+def test_timed_batches_tell_waiting_from_computing(monkeypatch):
+    """On a clock the test moves (profiling's time.perf_counter), so that the shares are
+    the ones given here on any machine, however loaded."""
+    from types import SimpleNamespace
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(profiling, "time", SimpleNamespace(perf_counter=lambda: clock.now))
 
     def slow_loader():
         for _ in range(3):
-            time.sleep(0.03)   # blocked on data
+            clock.now += 0.03   # blocked on data
             yield torch.zeros(8, 3), torch.zeros(8), []
 
     batches = profiling.TimedBatches(slow_loader())
     for _ in batches:
-        time.sleep(0.005)  # computing
+        clock.now += 0.005  # computing
     stats = batches.stats(torch.device("cpu"))
     assert stats["images_per_s"] > 0 and batches.images == 24
     assert stats["data_wait"] > 0.7 and stats["bound"] == "input-bound"
