@@ -1,5 +1,7 @@
 # Serving image: `docker run dogbreed-serve serve` answers /ping and /invocations on 8080
-# with multi-model-server and the SageMaker inference toolkit. No torch, no smdebug:
+# with multi-model-server and the SageMaker inference toolkit; with
+# SAGEMAKER_MULTI_MODEL=true, SageMaker's multi-model API instead (/models, see
+# container_serve/dogbreed_serve/multi_model.py). No torch, no smdebug:
 # the model is the ONNX file the training image exports, run by ONNX Runtime.
 #
 #   docker build -f docker/serve.Dockerfile -t dogbreed-serve .
@@ -30,7 +32,8 @@ RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-index /src/con
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="dogbreed-serve" \
       org.opencontainers.image.description="Serves a dogbreed-train model on SageMaker (raw image bytes in, JSON out)" \
-      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.multi-models=true
 # multi-model-server's frontend is Java; nginx is the front door (see server.py).
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \

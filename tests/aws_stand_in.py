@@ -7,6 +7,7 @@ and read back what moto stored. Also: the environment such a subprocess gets.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -14,7 +15,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
@@ -40,7 +41,8 @@ class Request:
     method: str
     path: str
     target: str          # X-Amz-Target of JSON APIs, e.g. "SageMaker.CreateTrainingJob"
-    body: bytes
+    body: bytes          # JSON APIs' and the runtime's invocations' bodies, as sent
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     @property
     def operation(self) -> str:
@@ -68,8 +70,19 @@ class RecordingMotoServer(ThreadedMotoServer):
             target = environ.get("HTTP_X_AMZ_TARGET", "")
             if environ["PATH_INFO"].startswith("/moto-api"):
                 return app(environ, start_response)
+            invocation = environ["PATH_INFO"].endswith("/invocations")
+            headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
+                       if k.startswith("HTTP_")}
+            headers["content-type"] = environ.get("CONTENT_TYPE", "")
             self.requests.append(Request(environ["REQUEST_METHOD"], environ["PATH_INFO"],
-                                         target, body if target else body[:0]))
+                                         target, body if target or invocation else body[:0],
+                                         headers))
+            if invocation:
+                # moto decodes every body as UTF-8 and fails on image bytes: it gets
+                # their base64 (it only hashes the body), the record keeps the bytes.
+                body = base64.b64encode(body)
+                environ["wsgi.input"] = io.BytesIO(body)
+                environ["CONTENT_LENGTH"] = str(len(body))
             return app(environ, start_response)
 
         self._server = make_server(self._ip_address, self._port, recording_app, True,

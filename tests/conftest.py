@@ -101,6 +101,23 @@ def trained_model(train_image, tmp_path_factory) -> TrainRun:
     return run
 
 
+# A second model unlike trained_model: other labels (two classes) and another input
+# size, so that a multi-model container shows each model's own labels and preprocessing.
+SECOND_CLASSES = ["001.Sun_flowers", "002.Moon_rocks"]
+SECOND_LABELS = [c.split(".", 1)[1] for c in SECOND_CLASSES]
+
+
+@pytest.fixture(scope="session")
+def second_model(train_image, tmp_path_factory) -> TrainRun:
+    root = opt_ml(tmp_path_factory.mktemp("opt_ml_second"), dict(TINY_HPS, **{
+        "image-size": "48"}), {})
+    make_dataset(root / "input" / "data", {"train": 12, "valid": 4, "test": 4},
+                 classes=SECOND_CLASSES)
+    run = run_train(train_image, root)
+    assert run.rc == 0, run.log[-3000:]
+    return run
+
+
 HOSTILE_HPS = {**TINY_HPS, "epochs": "2", "image-size": "32", "bad-images": "skip"}
 
 
@@ -109,11 +126,7 @@ def hostile_run(train_image, tmp_path_factory) -> TrainRun:
     """A real training run on data whose folder and file names forge log lines
     (synthetic.make_hostile_dataset), shared by the tests of what the regexes read."""
     root = opt_ml(tmp_path_factory.mktemp("opt_ml"), HOSTILE_HPS, {})
-    per_class = {"train": 8, "valid": 2, "test": 2}
-    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(
-        {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
-             "RecordWrapperType": "None"} for c in per_class}))
-    make_hostile_dataset(root / "input" / "data", per_class)
+    make_hostile_dataset(root / "input" / "data", {"train": 8, "valid": 2, "test": 2})
     run = run_train(train_image, root)
     assert run.rc == 0, run.log[-3000:]
     return run

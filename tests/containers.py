@@ -50,14 +50,16 @@ def listening_sockets(container: str) -> list[tuple[str, int]]:
 
 
 class Server:
-    """`docker run -d IMAGE serve` with the model mounted read-only; `env` items are
+    """`docker run -d IMAGE serve` with the model mounted read-only (at `mount`: a
+    multi-model container gets a folder of models at /opt/ml/models); `env` items are
     NAME=VALUE, `docker_args` extra `docker run` options, `port` the one it serves on."""
 
     def __init__(self, image: str, model_dir: Path, *env: str, docker_args=(),
-                 port: int = 8080, name_prefix: str = "dogbreed-serve-test"):
+                 port: int = 8080, name_prefix: str = "dogbreed-serve-test",
+                 mount: str = "/opt/ml/model"):
         self.name = f"{name_prefix}-{uuid.uuid4().hex[:8]}"
         args = ["run", "-d", "--name", self.name, "-p", f"127.0.0.1:0:{port}",
-                "-v", f"{model_dir}:/opt/ml/model:ro", *docker_args]
+                "-v", f"{model_dir}:{mount}:ro", *docker_args]
         for item in env:
             args += ["-e", item]
         self.id = docker(*args, image, "serve").stdout.strip()

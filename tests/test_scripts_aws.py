@@ -708,3 +708,110 @@ def test_invoke_async_uploads_invokes_and_reads_the_answer(aws, tmp_path):
     [result] = json.loads((tmp_path / "a.json").read_text())["results"]
     assert (result["client"], result["predictions"]) == ("async", answer["predictions"])
     assert "1. Red_stripes" in proc.stdout
+
+
+# --- multi-model endpoints ----------------------------------------------------------
+
+def put_archive(aws, key: str, content: bytes) -> str:
+    aws.client("s3").put_object(Bucket=BUCKET, Key=key, Body=content)
+    return f"s3://{BUCKET}/{key}"
+
+
+def test_multi_model_endpoint_over_a_prefix_then_more_models_then_cleanup(aws, tmp_path):
+    model_a = put_archive(aws, "dogbreed/training-output/job-a/output/model.tar.gz", b"A" * 99)
+    model_b = put_archive(aws, "dogbreed/training-output/job-b/output/model.tar.gz", b"B" * 77)
+    proc = aws.run("deploy", "--multi-model", "--endpoint-name", "dogbreed-mme",
+                   "--add-model", f"shelter-a={model_a}", "--add-model", f"shelter-b={model_b}",
+                   "--serve-instance-type", "ml.c5.xlarge", "--autoscale", "1:3", "--poll", "1")
+    prefix = f"s3://{BUCKET}/dogbreed/multi-model/dogbreed-mme/"
+    [model] = aws.server.calls("CreateModel")
+    assert model["PrimaryContainer"] == {
+        "Image": f"{ECR}/dogbreed-serve:latest", "ModelDataUrl": prefix, "Mode": "MultiModel",
+        "Environment": {"SAGEMAKER_MULTI_MODEL": "true"}}
+    [config] = aws.server.calls("CreateEndpointConfig")
+    [variant] = config["ProductionVariants"]
+    assert (variant["ModelName"], variant["InstanceType"]) == ("dogbreed-mme", "ml.c5.xlarge")
+    assert aws.server.calls("RegisterScalableTarget")
+    s3 = aws.client("s3")
+
+    def archive(name):
+        return s3.get_object(Bucket=BUCKET, Key=f"dogbreed/multi-model/dogbreed-mme/{name}"
+                             )["Body"].read()
+    assert archive("shelter-a.tar.gz") == b"A" * 99 and archive("shelter-b.tar.gz") == b"B" * 77
+    state = aws.state()
+    assert (state["endpoint"], state["endpoint_kind"], state["multi_model_prefix"]) == (
+        "dogbreed-mme", "multi-model", prefix)
+    assert "--target-model NAME" in proc.stdout
+
+    # later: one more model, from a local file and from a training job; no new endpoint
+    local = tmp_path / "model.tar.gz"
+    local.write_bytes(b"C" * 55)
+    aws.run("train", "--detach", "--job-name", "dogbreed-train-d")
+    put_archive(aws, "dogbreed/training-output/dogbreed-train-d/output/model.tar.gz", b"D")
+    aws.server.requests.clear()
+    aws.run("deploy", "--add-model", f"shelter-c.tar.gz={local}", "--add-model", "shelter-d",
+            "--training-job", "dogbreed-train-d")
+    assert archive("shelter-c.tar.gz") == b"C" * 55 and archive("shelter-d.tar.gz") == b"D"
+    assert not aws.server.calls("CreateModel") and not aws.server.calls("CreateEndpoint")
+
+    aws.run("cleanup", "--remove-model", "shelter-c")
+    keys = {o["Key"] for o in s3.list_objects_v2(
+        Bucket=BUCKET, Prefix="dogbreed/multi-model/")["Contents"]}
+    assert {k.rsplit("/", 1)[1] for k in keys} == {"shelter-a.tar.gz", "shelter-b.tar.gz",
+                                                   "shelter-d.tar.gz"}
+    aws.server.requests.clear()
+    proc = aws.run("cleanup", "--poll", "1")
+    assert deletions(aws) == ["DeleteScalingPolicy", "DeregisterScalableTarget",
+                              "DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]
+    assert f"its models stay in {prefix}" in proc.stdout
+    state = aws.state()
+    assert state["endpoint"] is None and state["multi_model_prefix"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--multi-model", "--serve-instance-type", "ml.g5.xlarge"],
+     "multi-model endpoints with a custom container run on CPU instances only"),
+    (["--multi-model", "--serverless"], "--multi-model makes a real-time endpoint"),
+    (["--multi-model", "--add-model", "a b=s3://x/y"], "--add-model a b=s3://x/y: NAME must"),
+    (["--multi-model", "--add-model", "a=s3://x/1", "--add-model", "a.tar.gz=s3://x/2"],
+     "--add-model a is given twice"),
+    (["--add-model", "late=s3://x/y"], "no multi-model endpoint to add to"),
+    (["--multi-model", "--model-prefix", "/tmp/models"], "expected an s3:// URI"),
+])
+def test_multi_model_rejects_bad_input_before_calling_aws(aws, args, message):
+    line = one_error_line(aws.run("deploy", *args, ok=False))
+    assert message in line, line
+    assert not aws.server.calls("CreateModel")
+    assert not [r for r in aws.server.requests if r.method == "PUT"]
+
+
+def test_invoke_names_the_target_model_through_boto3_and_sdk_v3(aws, tmp_path):
+    import requests
+
+    model_a = put_archive(aws, "dogbreed/training-output/job-a/output/model.tar.gz", b"A")
+    aws.run("deploy", "--multi-model", "--endpoint-name", "dogbreed-mme", "--add-model",
+            f"shelter-a={model_a}", "--poll", "1")
+    answer = {"predictions": [{"label": "Moon_rocks", "index": 1, "probability": 0.5}]}
+    requests.post(f"{aws.server.url}/moto-api/static/sagemaker/endpoint-results", timeout=10,
+                  json={"results": [{"Body": json.dumps(answer),
+                                     "ContentType": "application/json"}] * 2}
+                  ).raise_for_status()
+    photo = sorted((make_dataset(tmp_path / "p", {"test": 2}) / "test").rglob("*.png"))[0]
+
+    missing = aws.run("invoke", str(photo), ok=False)
+    assert "pass --target-model NAME" in one_error_line(missing)
+    assert not [r for r in aws.server.requests if r.path.endswith("/invocations")]
+
+    proc = aws.run("invoke", str(photo), "--target-model", "shelter-a", "--via", "both",
+                   "--top-k", "1", "--json", str(tmp_path / "a.json"))
+    sent = [r for r in aws.server.requests if r.path == "/endpoints/dogbreed-mme/invocations"]
+    assert len(sent) == 2, [r.path for r in aws.server.requests]
+    for request in sent:  # boto3's TargetModel and SDK v3's target_model alike
+        assert request.headers["x-amzn-sagemaker-target-model"] == "shelter-a.tar.gz"
+        assert request.headers["x-amzn-sagemaker-custom-attributes"] == "top_k=1"
+        assert request.headers["content-type"] == "image/png"
+        assert request.body == photo.read_bytes()
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["target_model"] == "shelter-a.tar.gz"
+    assert {r["client"] for r in saved["results"]} == {"boto3", "sdk"}
+    assert "1. Moon_rocks" in proc.stdout

@@ -362,8 +362,8 @@ def test_a_name_from_outside_stays_on_its_log_line(serve_image, trained_model):
 
 
 # Read as they are, whatever they hold: paths, JVM flags, the toolkit's own strings.
-FREE_TEXT = {"DOGBREED_MODEL_DIR", "DOGBREED_RUN_DIR", "SAGEMAKER_BASE_DIR",
-             "SAGEMAKER_MODEL_SERVER_VMARGS", "SAGEMAKER_PROGRAM", "SAGEMAKER_MULTI_MODEL",
+FREE_TEXT = {"DOGBREED_MODEL_DIR", "DOGBREED_MODELS_DIR", "DOGBREED_RUN_DIR",
+             "SAGEMAKER_BASE_DIR", "SAGEMAKER_MODEL_SERVER_VMARGS", "SAGEMAKER_PROGRAM",
              "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "SAGEMAKER_SAFE_PORT_RANGE"}
 PROBE = """
 import json, os

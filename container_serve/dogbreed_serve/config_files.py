@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import string
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,22 @@ def mms_properties(settings: Settings, inference_port: int, management_port: int
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
+HANDLER = "dogbreed_serve.handler:handle"
+
+
+def registration_query(settings: Settings, name: str, model_dir: str) -> str:
+    """The query string of MMS's ``POST /models`` for one model: our handler,
+    server-side batching, the workers, and ``synchronous`` (MMS answers once every
+    worker has loaded and warmed up the model)."""
+    return urllib.parse.urlencode({
+        "url": model_dir, "model_name": name, "handler": HANDLER,
+        "runtime": "python3", "batch_size": settings.max_batch,
+        "max_batch_delay": settings.max_batch_delay_ms,
+        "initial_workers": settings.workers, "synchronous": "true",
+        "response_timeout": settings.startup_timeout_s,
+    })
+
+
 def write_mms_properties(run_dir: Path, settings: Settings, inference_port: int,
                          management_port: int) -> Path:
     path = run_dir / "mms.properties"
@@ -114,11 +131,28 @@ def nginx_conf(settings: Settings, run_dir: Path, mms_port: int, public: bool = 
     """nginx.conf; ``public=False``: the public server listens on a socket in the run
     folder instead of the public port (nobody connects to it)."""
     listen = f"{settings.port} reuseport" if public else f"unix:{run_dir}/public-closed.sock"
-    return string.Template((CONF / "nginx.conf.template").read_text()).substitute(
+    values = dict(
         workdir=run_dir, mms_port=mms_port, max_body=settings.max_body,
         timeout=settings.timeout_s, drain_s=DRAIN_S, accepted_types=media.nginx_type_pattern(),
         accepted_types_text=", ".join(t for t in media.ACCEPTED_TYPES if t != "image/jpg"),
-        public_listen=listen, unavailable=run_dir / UNAVAILABLE_FILE)
+        public_listen=listen, unavailable=run_dir / UNAVAILABLE_FILE,
+        invocations_refusal="", multi_model_routes="", multi_model_guard="",
+        paths_hint="POST /invocations or GET /ping")
+    values["invoke_to_mms"] = _render("invoke.conf.template", values)
+    if settings.multi_model:  # multi_model.py: SageMaker's multi-model API
+        values["load_timeout"] = settings.startup_timeout_s + 5  # serve's own wait, then ours
+        values.update(
+            invocations_refusal="            return 404 '{\"error\": \"this container "
+                                "serves many models (SAGEMAKER_MULTI_MODEL=true): invoke one "
+                                "with POST /models/NAME/invoke\", \"status\": 404}';",
+            multi_model_routes=_render("multi-model-routes.conf.template", values),
+            multi_model_guard=_render("multi-model-guard.conf.template", values),
+            paths_hint="POST /models/NAME/invoke, the /models API or GET /ping")
+    return _render("nginx.conf.template", values)
+
+
+def _render(template: str, values: dict) -> str:
+    return string.Template((CONF / template).read_text()).substitute(values)
 
 
 def write_nginx_conf(run_dir: Path, settings: Settings, mms_port: int) -> NginxFiles:

@@ -27,12 +27,11 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from . import logs, metrics, stages
 from .decoding import ClientError
 from .memory import DecodeMemory
-from .settings import READY_FILE, Settings
+from .settings import Settings
 
 log = logging.getLogger("dogbreed_serve")
 logs.configure_worker_logging(log)
@@ -66,12 +65,17 @@ class Service:
         self.model.warm_up()
         self.pool = ThreadPoolExecutor(min(threads, DECODE_THREADS), thread_name_prefix="decode")
         self.memory = DecodeMemory.in_run_dir(settings.run_dir)
-        log.info("model loaded and warmed up in %.2f s (%d classes, %s, %d threads)",
-                 time.perf_counter() - start, len(self.model.labels), self.model.device, threads)
-        metrics.MODEL_INFO.labels(str(len(self.model.labels)), str(self.model.spec.image_size),
-                                  self.model.runtime, self.model.provider).set(1)
-        if settings.run_dir and (Path(settings.run_dir) / READY_FILE).exists():
-            metrics.WORKER_RESTARTS.inc()  # serve was already serving
+        name = getattr(context, "model_name", None) or "model"
+        log.info("model %sloaded and warmed up in %.2f s (%d classes, %s, %d threads)",
+                 f"{name} " if settings.multi_model else "", time.perf_counter() - start,
+                 len(self.model.labels), self.model.device, threads)
+        if not settings.multi_model:  # "the model being served": one per container
+            metrics.MODEL_INFO.labels(str(len(self.model.labels)),
+                                      str(self.model.spec.image_size), self.model.runtime,
+                                      self.model.provider).set(1)
+        marker = settings.ready_marker(name)
+        if marker is not None and marker.exists():
+            metrics.WORKER_RESTARTS.inc()  # serve was already serving this model
             log.warning("a new worker process (pid %d) took over from one that died",
                         os.getpid())
         self.initialized = True

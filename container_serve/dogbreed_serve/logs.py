@@ -163,8 +163,12 @@ def access_record(line: str) -> dict | None:
 
 
 def access_text(r: dict) -> str:
+    """The access line as text; the TargetModel SageMaker names (multi-model
+    endpoints) when it sent one."""
+    target = f" target_model={r['target_model']}" if r.get("target_model") else ""
     return (f"{r.get('remote_addr', '-')} \"{r.get('request', '')}\" {r.get('status')} "
-            f"{r.get('bytes', 0)} {r.get('duration_s', 0)} s request_id={r.get('request_id')}")
+            f"{r.get('bytes', 0)} {r.get('duration_s', 0)} s request_id={r.get('request_id')}"
+            f"{target}")
 
 
 # nginx's error log: "2026/12/01 21:48:21 [error] 59#59: *3 message".

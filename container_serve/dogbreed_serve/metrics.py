@@ -12,7 +12,9 @@ where:
 - the workers time each stage (handler.py): ``dogbreed_decode_duration_seconds`` per
   image, ``dogbreed_forward_duration_seconds`` and ``dogbreed_batch_size`` per call
   of the network, ``dogbreed_requests_in_flight``, ``dogbreed_worker_restarts_total``
-  and ``dogbreed_model_info``.
+  and ``dogbreed_model_info``;
+- in multi-model mode serve also counts each model's invocations, with a ``model``
+  label of bounded cardinality, and its loads and unloads (multi_model.py).
 
 serve answers scrapes on a Unix socket in its run folder; nginx proxies /metrics on
 the public port to it (conf/nginx.conf.template).
@@ -60,6 +62,21 @@ WORKER_RESTARTS = Counter("dogbreed_worker_restarts", "Worker processes that loa
 MODEL_INFO = Gauge("dogbreed_model_info", "The model being served (always 1)",
                    ["classes", "input_size", "runtime", "execution_provider"],
                    multiprocess_mode="max")
+
+# Multi-model mode (multi_model.py). The model label is capped: names past
+# DOGBREED_METRICS_MAX_MODELS count as "other" (multi_model.ModelLabels).
+MODEL_REQUESTS = Counter("dogbreed_model_requests", "Invocations of each model (multi-model "
+                         "mode), by status code", ["model", "status"])
+MODEL_REQUEST_SECONDS = Histogram("dogbreed_model_request_duration_seconds", "End-to-end "
+                                  "time of an invocation of each model in nginx", ["model"],
+                                  buckets=SECONDS)
+MODELS_LOADED = Gauge("dogbreed_models_loaded", "Models loaded (multi-model mode)",
+                      multiprocess_mode="livesum")
+MODEL_LOADS = Counter("dogbreed_model_loads", "POST /models, by outcome: loaded, conflict "
+                      "(409), no_memory (507), refused (other 4xx), failed (5xx)", ["outcome"])
+MODEL_LOAD_SECONDS = Histogram("dogbreed_model_load_duration_seconds", "Time to check, "
+                               "register and warm up a model", buckets=SECONDS)
+MODEL_UNLOADS = Counter("dogbreed_model_unloads", "Models unloaded (DELETE /models/NAME)")
 
 _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
@@ -115,13 +132,30 @@ def serve_scrapes(socket_path: Path) -> _Server:
     return server
 
 
-def count_access(record: dict) -> None:
-    """One nginx access line (logs.access_record) into the request metrics."""
+_INVOKE = re.compile(r"^/models/([^/]+)/invoke$")
+
+
+def count_access(record: dict, model_label=None) -> None:
+    """One nginx access line (logs.access_record) into the request metrics.
+
+    Endpoints: invocations, other; in multi-model mode (``model_label`` maps a model
+    name to its label value) also invoke (POST /models/NAME/invoke) and models (the
+    other paths of the multi-model API)."""
     path = str(record.get("uri") or "").split("?", 1)[0]
-    endpoint = "invocations" if path == "/invocations" else "other"
-    REQUESTS.labels(endpoint, str(record.get("status", "0"))[:3]).inc()
-    if endpoint == "invocations":
-        try:
-            REQUEST_SECONDS.observe(float(record.get("duration_s", 0)))
-        except (TypeError, ValueError):
-            pass
+    status = str(record.get("status", "0"))[:3]
+    invoke = _INVOKE.match(path) if model_label is not None else None
+    endpoint = ("invocations" if path == "/invocations" else "invoke" if invoke else
+                "models" if model_label is not None and path.split("/")[1:2] == ["models"]
+                else "other")
+    REQUESTS.labels(endpoint, status).inc()
+    if endpoint not in ("invocations", "invoke"):
+        return
+    try:
+        seconds = float(record.get("duration_s", 0))
+    except (TypeError, ValueError):
+        return
+    REQUEST_SECONDS.observe(seconds)
+    if invoke:
+        model = model_label(invoke[1])
+        MODEL_REQUESTS.labels(model, status).inc()
+        MODEL_REQUEST_SECONDS.labels(model).observe(seconds)

@@ -14,6 +14,10 @@ Start-up order is what makes /ping honest:
 Before step 4 the port refuses connections, so SageMaker never routes to a cold
 container. If MMS or nginx exits, ``serve`` exits too and SageMaker replaces it.
 
+With SAGEMAKER_MULTI_MODEL=true (a multi-model endpoint) there is no model at start:
+steps 1 and 3 wait for SageMaker's POST /models, one model at a time, and nginx opens
+the port once MMS answers (multi_model.py).
+
 SIGTERM (``docker stop``, an endpoint update) is honoured at every stage. Once
 serving, it drains: nginx stops accepting connections and finishes the requests in
 flight (at most DRAIN_S), then MMS stops, and serve exits 0. Exit codes otherwise:
@@ -45,7 +49,7 @@ from dogbreed_contract.model_card import ModelCard
 
 from . import config_files, logs
 from .settings import READY_FILE, RUN_DIR_ENV, Settings, SettingsError, shown
-from .supervisor import Failure, State, Stop, Supervisor
+from .supervisor import Failure, MmsHealth, State, Stop, Supervisor
 
 log = logging.getLogger("dogbreed_serve.server")
 
@@ -91,18 +95,19 @@ def remove_stale(base: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def drop_privileges(model_dir: str, model_file: str, base: Path) -> str:
+def drop_privileges(model_dir: str | None, model_file: str | None, base: Path) -> str | None:
     """Run everything as SERVICE_USER; returns the model dir that user can read.
 
     SageMaker starts containers as root and mounts the model as root's files; SDK
     local mode even extracts it into a 0700 folder. When the service user cannot
-    read it, the model is copied to a folder it owns first.
+    read it, the model is copied to a folder it owns first. (Multi-model mode has no
+    model at start: model_dir None.)
     """
     if os.getuid() != 0:
         return model_dir
     user = pwd.getpwnam(SERVICE_USER)
     try:
-        readable = all(
+        readable = model_dir is None or all(
             subprocess.run(["test", "-r", str(Path(model_dir) / name)], user=user.pw_uid,
                            group=user.pw_gid, extra_groups=[], timeout=60).returncode == 0
             for name in (MODEL_CARD_FILE, model_file))
@@ -129,9 +134,22 @@ def drop_privileges(model_dir: str, model_file: str, base: Path) -> str:
     return model_dir
 
 
-def start(supervisor: Supervisor, settings: Settings) -> int:
-    """Steps 1-4 above, ending in READY; returns MMS's inference port (for the health
-    checks). Raises Stop on a signal, Failure when serve cannot go on."""
+def start(supervisor: Supervisor, settings: Settings) -> tuple[int, MmsHealth | None]:
+    """Steps 1-4 above, ending in READY; returns MMS's inference port and, in
+    multi-model mode, what counts as healthy (for the health checks). Raises Stop on
+    a signal, Failure when serve cannot go on."""
+    if settings.multi_model:  # no model yet: SageMaker loads them (multi_model.py)
+        base = writable_base()
+        remove_stale(base)
+        drop_privileges(None, None, base)
+        return start_serving(supervisor, settings, base, None)
+    settings, model, base = check_model(supervisor, settings)
+    return start_serving(supervisor, settings, base, model)
+
+
+def check_model(supervisor: Supervisor, settings: Settings) -> tuple[Settings, dict, Path]:
+    """Step 1 as the service user: the Settings with the model dir it reads, what
+    /metrics shows of the model, and the writable base folder."""
     from .model import validate
 
     if not (Path(settings.model_dir) / MODEL_CARD_FILE).is_file():
@@ -147,8 +165,13 @@ def start(supervisor: Supervisor, settings: Settings) -> int:
         model = validate(settings.model_dir, card, settings.ort_spinning)  # as the serving user
     except ModelCardError as exc:
         raise Failure(f"the model cannot be served: {exc}", 2) from None
-    supervisor.check_stop()
+    return settings, model, base
 
+
+def start_serving(supervisor: Supervisor, settings: Settings, base: Path,
+                  model: dict | None) -> tuple[int, MmsHealth | None]:
+    """Steps 2-4: MMS, the model registered (none in multi-model mode), nginx."""
+    supervisor.check_stop()
     try:
         mms_port, mgmt_port = config_files.mms_ports(settings)
     except config_files.ConfigError as exc:
@@ -162,21 +185,40 @@ def start(supervisor: Supervisor, settings: Settings) -> int:
     started = time.monotonic()
     supervisor.start_mms(run_dir, config_files.write_mms_properties(run_dir, settings,
                                                                      mms_port, mgmt_port))
-    supervisor.register_model(mgmt_port, settings)
+    if model is None:
+        supervisor.wait_for_management(mgmt_port, settings)
+    else:
+        supervisor.register_model(mgmt_port, settings)
     supervisor.check_stop()
 
     from . import memory, metrics
 
-    decode_mib = memory.create(run_dir, memory.budget_bytes(settings.decode_memory_mb))
-    (run_dir / READY_FILE).touch()
+    if model is None:
+        from . import multi_model
+
+        budget = multi_model.decode_budget(settings)
+        decode_mib = memory.create(run_dir, budget)
+        models = multi_model.Models(settings, multi_model.Mms(mgmt_port, settings),
+                                    decode_mib * memory.MIB, run_dir)
+        multi_model.serve_api(run_dir / "models.sock", models)
+        supervisor.model_label = models.labels
+        health = multi_model.ModelsHealth(mms_port, models, group=supervisor.mms.pid)
+        described = (f"multi-model mode, models loaded from {settings.models_root} with "
+                     "POST /models, none yet")
+    else:
+        decode_mib = memory.create(run_dir, memory.budget_bytes(settings.decode_memory_mb))
+        (run_dir / READY_FILE).touch()
+        health = None
+        described = "model: " + ", ".join(f"{k} {v}" for k, v in model.items())
     metrics.serve_scrapes(run_dir / "metrics.sock")
     supervisor.start_nginx(config_files.write_nginx_conf(run_dir, settings, mms_port))
     supervisor.enter(State.READY, logging.INFO,
-                     "ready on port %d after %.1f s: %d worker(s), batches of up to %d, "
-                     "%d MiB for decoding large images; model: %s", settings.port,
-                     time.monotonic() - started, settings.workers, settings.max_batch,
-                     decode_mib, ", ".join(f"{k} {v}" for k, v in model.items()))
-    return mms_port
+                     "ready on port %d after %.1f s: %d worker(s)%s, batches of up to %d, "
+                     "%d MiB for decoding large images; %s", settings.port,
+                     time.monotonic() - started, settings.workers,
+                     " per model" if model is None else "", settings.max_batch, decode_mib,
+                     described)
+    return mms_port, health
 
 
 def main() -> int:
@@ -187,11 +229,11 @@ def main() -> int:
     supervisor.writer = logs.configure_serve_logging()
     try:
         settings = Settings.from_env()  # the one Settings of this process, passed down
-        mms_port = start(supervisor, settings)
+        mms_port, health = start(supervisor, settings)
     except SettingsError as exc:
         return supervisor.fail(Failure(str(exc), 2))
     except Stop:
         return supervisor.stop_starting()
     except Failure as exc:
         return supervisor.fail(exc)
-    return supervisor.serve(mms_port, settings.unhealthy_exit_s)
+    return supervisor.serve(mms_port, settings.unhealthy_exit_s, health)

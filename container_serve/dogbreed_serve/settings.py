@@ -12,7 +12,8 @@ The SageMaker variables are read by the inference toolkit's ``Environment``, wit
 names and defaults (SAGEMAKER_BIND_TO_PORT, SAGEMAKER_SAFE_PORT_RANGE,
 SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_MODEL_SERVER_TIMEOUT,
 SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_MODEL_SERVER_VMARGS, SAGEMAKER_STARTUP_TIMEOUT);
-the rest are ours (DOGBREED_*).
+SAGEMAKER_MULTI_MODEL=true (multi_model.py) is what SageMaker sets for a multi-model
+endpoint; the rest are ours (DOGBREED_*).
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 # serve's folder for this start (MMS's temporary files, sockets, /metrics' files, the
 # decode memory budget); its workers find it here. READY_FILE appears in it once the
 # model is registered: a worker that starts later replaces one that died.
 RUN_DIR_ENV = "DOGBREED_RUN_DIR"
 READY_FILE = "ready"
+# Multi-model mode: one empty file per model (named after it) in this folder of the run
+# folder, once its load has returned; a worker of that model that starts later
+# replaces one that died.
+LOADED_DIR = "loaded"
 
 DEFAULT_MAX_BODY = 6 * 1024 * 1024  # SageMaker's payload limit for real-time endpoints
 
@@ -94,6 +100,8 @@ RULES = {
     "SAGEMAKER_MODEL_SERVER_TIMEOUT": _whole(1),
     "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": _whole(1),
     "SAGEMAKER_STARTUP_TIMEOUT": _whole(1),
+    "SAGEMAKER_MULTI_MODEL": _one_of("true", "false"),
+    "DOGBREED_METRICS_MAX_MODELS": _whole(0),
 }
 
 
@@ -111,6 +119,11 @@ def _int(name: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
+def _bool(name: str) -> bool:
+    """true or false, in any case (RULES has checked it); unset or empty is false."""
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
 def _float(name: str, default: float) -> float:
     value = os.environ.get(name, "")
     return float(value) if value.strip() else default
@@ -126,6 +139,13 @@ def default_workers() -> int:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return 1
     return min(2, os.cpu_count() or 1)
+
+
+# Workers per model on a multi-model endpoint: one worker of a ResNet-50 at 224 px
+# took 251 MiB once busy, and each more worker as much again (multi_model.py), so one
+# per model fits twice the models; a model busy enough to need two is one for an
+# endpoint of its own.
+MULTI_MODEL_WORKERS = 1
 
 
 def threads_for(workers: int) -> int:
@@ -161,10 +181,23 @@ class Settings:
     startup_timeout_s: int = 600    # MMS's management API answers within this
     jvm_args: str | None = None     # SAGEMAKER_MODEL_SERVER_VMARGS (None: config_files.JVM_ARGS)
     run_dir: str | None = None      # serve's run folder, as the workers see it (RUN_DIR_ENV)
+    multi_model: bool = False       # SAGEMAKER_MULTI_MODEL: SageMaker's multi-model API
+    models_root: str = "/opt/ml/models"  # multi-model: where SageMaker unpacks the models
+    metrics_max_models: int = 20    # multi-model: models named in /metrics; the rest "other"
 
     @property
     def threads_per_worker(self) -> int:
         return self.intra_op_threads or threads_for(self.workers)
+
+    def ready_marker(self, model_name: str) -> Path | None:
+        """The file that exists once the model ``model_name`` has been loaded (serve
+        creates it): a worker that finds it at start replaces one that died. None
+        outside a run folder (host tests)."""
+        if not self.run_dir:
+            return None
+        if self.multi_model:
+            return Path(self.run_dir) / LOADED_DIR / model_name
+        return Path(self.run_dir) / READY_FILE
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -176,6 +209,9 @@ class Settings:
         check_environment()
         env = Environment()
         base = os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")
+        # What SageMaker sets for a Model created with Mode MultiModel, as the AWS
+        # framework containers read it.
+        multi_model = _bool("SAGEMAKER_MULTI_MODEL")
         return cls(
             model_dir=os.environ.get("DOGBREED_MODEL_DIR", os.path.join(base, "model")),
             top_k=_int("DOGBREED_TOP_K", 5),
@@ -195,7 +231,8 @@ class Settings:
             # nobody listens on: requests hang and MMS's /ping answers 200 {"status":
             # "Unhealthy"}, which SageMaker counts as healthy. serve exits instead.
             unhealthy_exit_s=_int("DOGBREED_UNHEALTHY_EXIT_S", 30),
-            workers=int(env.model_server_workers or default_workers()),
+            workers=int(env.model_server_workers or (
+                MULTI_MODEL_WORKERS if multi_model else default_workers())),
             port=int(env.inference_http_port),
             safe_port_range=env.safe_port_range,
             max_body=env.max_request_size or DEFAULT_MAX_BODY,
@@ -203,4 +240,7 @@ class Settings:
             startup_timeout_s=int(env.startup_timeout),
             jvm_args=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS") or None,
             run_dir=os.environ.get(RUN_DIR_ENV) or None,
+            multi_model=multi_model,
+            models_root=os.environ.get("DOGBREED_MODELS_DIR", os.path.join(base, "models")),
+            metrics_max_models=_int("DOGBREED_METRICS_MAX_MODELS", 20),
         )

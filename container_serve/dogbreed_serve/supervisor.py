@@ -33,17 +33,15 @@ import subprocess
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import logs
+from . import config_files, logs
 from .config_files import CONF, DRAIN_S, NginxFiles
 from .settings import Settings
 
 log = logging.getLogger("dogbreed_serve.server")
 
-HANDLER = "dogbreed_serve.handler:handle"
 MODEL_NAME = "model"
 MMS_STOP_S = 5
 NGINX_STOP_S = 2     # nginx, once nothing is in flight (or nothing can be answered)
@@ -133,6 +131,7 @@ class Supervisor:
         self.nginx: subprocess.Popen | None = None
         self.nginx_files: NginxFiles | None = None
         self.pumps: list[threading.Thread] = []
+        self.model_label = None  # multi-model mode: model name -> its /metrics label
 
     def enter(self, state: State, level: int, message: str, *args) -> None:
         """Change state, logging why; a state serve is already in is not logged again.
@@ -190,31 +189,40 @@ class Supervisor:
 
     def register_model(self, management_port: int, settings: Settings) -> None:
         """Register with batching; returns when the workers have loaded the model."""
-        timeout = settings.startup_timeout_s
-        query = urllib.parse.urlencode({
-            "url": settings.model_dir, "model_name": MODEL_NAME, "handler": HANDLER,
-            "runtime": "python3", "batch_size": settings.max_batch,
-            "max_batch_delay": settings.max_batch_delay_ms,
-            "initial_workers": settings.workers, "synchronous": "true",
-            "response_timeout": timeout,
-        })
-        url = f"http://127.0.0.1:{management_port}/models?{query}"
+        query = config_files.registration_query(settings, MODEL_NAME, settings.model_dir)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{management_port}/models?{query}", method="POST")
+        try:
+            body = self.ask_mms(request, settings.startup_timeout_s, "the model was registered")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode("utf-8", "replace")
+            raise Failure(f"multi-model-server could not start a worker with the model "
+                          f"({exc.code}: {detail}): see the worker's lines above") from None
+        log.info("model registered: %s", json.loads(body).get("status"))
+
+    def wait_for_management(self, management_port: int, settings: Settings) -> None:
+        """Multi-model mode: returns once MMS's management API answers (no model yet)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{management_port}/models")
+        self.ask_mms(request, settings.startup_timeout_s, "its management API answered")
+
+    def ask_mms(self, request: urllib.request.Request, timeout: int, until: str) -> bytes:
+        """Send ``request`` to MMS, again while it is still starting; the answer's body.
+
+        MMS's HTTPError is raised as it is; MMS exiting, a signal or ``timeout``
+        (SAGEMAKER_STARTUP_TIMEOUT) end the wait.
+        """
         deadline = time.monotonic() + timeout
         while True:
             self.check_stop()
             if self.mms.poll() is not None:
                 raise Failure(f"multi-model-server exited (status {exit_code(self.mms.poll())}) "
-                              "before the model was registered: see its lines above")
+                              f"before {until}: see its lines above")
             try:
-                request = urllib.request.Request(url, method="POST")
                 # loopback (bandit B310)
                 with urllib.request.urlopen(request, timeout=timeout) as resp:  # nosec B310
-                    log.info("model registered: %s", json.loads(resp.read()).get("status"))
-                    return
-            except urllib.error.HTTPError as exc:
-                detail = exc.read()[:300].decode("utf-8", "replace")
-                raise Failure(f"multi-model-server could not start a worker with the model "
-                              f"({exc.code}: {detail}): see the worker's lines above") from None
+                    return resp.read()
+            except urllib.error.HTTPError:
+                raise
             except OSError:
                 if time.monotonic() > deadline:
                     raise Failure(f"multi-model-server's management API did not answer "
@@ -231,7 +239,7 @@ class Supervisor:
             if record is None:
                 writer.write({"level": "INFO", "source": "nginx", "message": line}, line)
                 return
-            metrics.count_access(record)
+            metrics.count_access(record, self.model_label)
             writer.write(dict(record, level="INFO", source="access"), logs.access_text(record))
 
         # nginx reopens /dev/stdout for its access log; a pipe we (the service user) own
@@ -311,9 +319,10 @@ class Supervisor:
         return failure.code
 
     # --- serving
-    def serve(self, mms_port: int, unhealthy_exit_s: int) -> int:
-        """READY until a signal, a child's exit or a lasting UNHEALTHY; the exit code."""
-        health = MmsHealth(mms_port, group=self.mms.pid)
+    def serve(self, mms_port: int, unhealthy_exit_s: int, health: MmsHealth | None = None) -> int:
+        """READY until a signal, a child's exit or a lasting UNHEALTHY; the exit code.
+        ``health`` is what counts as healthy (multi_model.ModelsHealth in that mode)."""
+        health = health or MmsHealth(mms_port, group=self.mms.pid)
         unhealthy_since: float | None = None
         while not self.stopping.wait(POLL_S):
             reap_orphans({self.mms.pid, self.nginx.pid})

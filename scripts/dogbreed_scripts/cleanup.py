@@ -7,6 +7,12 @@ with --model.
     scripts/cleanup.py                           # what the last deploy.py made
     scripts/cleanup.py --endpoint NAME --model dogbreed-batch-20261122-120000
     scripts/cleanup.py --local                   # stop the local endpoint
+    scripts/cleanup.py --remove-model shelter-a  # one model of a multi-model endpoint
+
+A multi-model endpoint's model archives stay in S3 when the endpoint goes (its
+endpoint can be made again over them); --remove-model NAME deletes one archive
+(SageMaker then loads it nowhere new; an instance that holds it serves it until it
+unloads it), and with --local unloads the model and removes its folder.
 
 The endpoint goes first (it is what bills, and it holds on to its config), after
 its auto-scaling registration; once SageMaker reports it gone, its endpoint config,
@@ -34,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also delete this model (e.g. a batch transform's); repeatable")
     p.add_argument("--poll", type=int, default=10, help="seconds between status checks")
     p.add_argument("--local", action="store_true", help="stop the local endpoint")
+    p.add_argument("--remove-model", action="append", default=[], metavar="NAME",
+                   help="remove this model from the multi-model endpoint (and nothing "
+                        "else); repeatable")
     settings.add_arguments(p, ["region", "profile", "workdir"])
     return p.parse_args(argv)
 
@@ -130,7 +139,38 @@ def cleanup_aws(ctx: Context) -> int:
     for model in dict.fromkeys(models):
         attempt(f"model {model}", sm.delete_model, ModelName=model)
     if endpoint and endpoint == ctx.state.endpoint:
-        ctx.save(endpoint=None, endpoint_kind=None, async_output=None)
+        if ctx.state.multi_model_prefix:
+            print(f"    its models stay in {ctx.state.multi_model_prefix} (remove them with "
+                  f"aws s3 rm {ctx.state.multi_model_prefix} --recursive)")
+        ctx.save(endpoint=None, endpoint_kind=None, async_output=None, multi_model_prefix=None)
+    return 0
+
+
+def remove_models(ctx: Context) -> int:
+    """--remove-model: archives from the multi-model prefix, or (--local) models from
+    the local multi-model endpoint."""
+    from dogbreed_scripts import local_endpoint
+
+    names = [local_endpoint.model_name(n) for n in ctx.args.remove_model]
+    if ctx.args.local:
+        local = ctx.state.local_endpoint
+        if local is None or not local.multi_model:
+            raise ConfigError("no local multi-model endpoint recorded")
+        for name in names:
+            local_endpoint.unload_model(f"http://127.0.0.1:{local.port}", Path(local.model),
+                                        name)
+            print(f"    unloaded model {name} from local endpoint {local.name}")
+        return 0
+    prefix = ctx.state.multi_model_prefix
+    if not prefix:
+        raise ConfigError("no multi-model endpoint recorded: run scripts/deploy.py "
+                          "--multi-model first")
+    bucket, _, key_prefix = prefix.removeprefix("s3://").partition("/")
+    s3 = ctx.session.client("s3")
+    for name in names:
+        key = f"{key_prefix.rstrip('/')}/{name}{local_endpoint.ARCHIVE_SUFFIX}".lstrip("/")
+        s3.delete_object(Bucket=bucket, Key=key)
+        print(f"    deleted s3://{bucket}/{key}")
     return 0
 
 
@@ -178,6 +218,8 @@ def cleanup_local(ctx: Context, timeout: float = 180) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = Context.build(args)
+    if args.remove_model:
+        return remove_models(ctx)
     return cleanup_local(ctx) if args.local else cleanup_aws(ctx)
 
 

@@ -7,6 +7,9 @@
     scripts/deploy.py --async --async-output s3://BUCKET/async/ --async-max-concurrent 4
     scripts/deploy.py --batch-input s3://BUCKET/photos/ # batch transform, no endpoint
     scripts/deploy.py --local --detach                  # local endpoint, no AWS account
+    scripts/deploy.py --multi-model --add-model shelter-a --training-job JOB_A
+    scripts/deploy.py --add-model shelter-b=s3://BUCKET/PATH/model.tar.gz  # one more
+    scripts/deploy.py --local --multi-model --add-model a=A.tar.gz --add-model b=B.tar.gz
 
 An endpoint is a model, an endpoint config and an endpoint, all with the
 endpoint's name (cleanup.py deletes them): real-time on instances (--autoscale
@@ -17,6 +20,14 @@ one request and writes NAME.out (JSON) per image to --batch-output. The local
 endpoint is the serving image in a Docker container (Docker SDK) on a free
 loopback port: in this process until Ctrl-C, or in the background with --detach
 until `cleanup.py --local`.
+
+A multi-model endpoint (--multi-model; CPU instances only) serves many models from
+one S3 prefix of NAME.tar.gz archives: --add-model NAME[=MODEL] copies a training
+job's model.tar.gz there (MODEL, else --model-data/--training-job, else the last
+train.py run), now or later (without --multi-model: to the last multi-model endpoint).
+SageMaker loads a model on its first invocation (invoke.py --target-model NAME) and
+unloads the least used ones when memory runs short. With --local the models are
+unpacked into a folder the container serves and loaded at once.
 """
 
 from __future__ import annotations
@@ -73,6 +84,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--poll", type=int, default=30, help="seconds between status checks")
     p.add_argument("--local", action="store_true",
                    help="the local serving image in a local container, no AWS account")
+    p.add_argument("--multi-model", action="store_true",
+                   help="a multi-model endpoint: many models behind one endpoint, "
+                        "loaded on demand (CPU instances only)")
+    p.add_argument("--add-model", action="append", default=[], metavar="NAME[=MODEL]",
+                   help="add a model.tar.gz to the multi-model endpoint as NAME (MODEL: "
+                        "S3 URI, or a local path; default: --model-data/--training-job/"
+                        "the last train.py); repeatable")
+    p.add_argument("--model-prefix", metavar="S3URI",
+                   help="with --multi-model: the S3 prefix of its models (default: "
+                        "s3://BUCKET/PREFIX/multi-model/ENDPOINT/)")
     settings.add_arguments(p, ["region", "profile", "role", "bucket", "prefix", "registry",
                                "serve_repository", "tag", "local_serve_image",
                                "serve_instance_type", "workdir"])
@@ -158,9 +179,47 @@ def check_options(args: argparse.Namespace, cfg) -> None:
             raise ConfigError(f"{flag_} {uri}: expected an s3:// URI")
     if not 60 <= args.startup_timeout <= 3600:
         raise ConfigError("--startup-timeout must be 60-3600 seconds")
+    if args.multi_model:
+        if args.serverless or args.async_ or args.batch_input:
+            raise ConfigError("--multi-model makes a real-time endpoint: drop "
+                              "--serverless/--async/--batch-input")
+        if cfg.serve_instance_type.startswith(GPU_FAMILIES) and not args.local:
+            raise ConfigError(f"multi-model endpoints with a custom container run on CPU "
+                              f"instances only: {cfg.serve_instance_type} is a GPU type")
+    if args.model_prefix and not (args.model_prefix.startswith("s3://") and not args.local):
+        raise ConfigError(f"--model-prefix {args.model_prefix}: expected an s3:// URI "
+                          "(a multi-model endpoint on SageMaker)")
+    added = added_models(args)
+    if added and (args.serverless or args.async_ or args.batch_input):
+        raise ConfigError("--add-model adds to a multi-model endpoint: drop "
+                          "--serverless/--async/--batch-input")
+
+
+def added_models(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """--add-model NAME[=MODEL], checked: (name, model.tar.gz or None for the default)."""
+    from dogbreed_scripts.local_endpoint import MODEL_NAME, model_name
+
+    added: dict[str, str | None] = {}
+    for spec in args.add_model:
+        name, _, source = spec.partition("=")
+        name = model_name(name.strip())
+        if not MODEL_NAME.match(name):
+            raise ConfigError(f"--add-model {spec}: NAME must be 1-200 letters, digits, "
+                              "'.', '_' or '-', starting with a letter or digit")
+        if name in added:
+            raise ConfigError(f"--add-model {name} is given twice")
+        added[name] = source.strip() or None
+    return list(added.items())
 
 
 # --- local mode ---------------------------------------------------------------------
+
+def local_tarball(ctx: Context, source: str | None) -> Path:
+    tarball = Path((source or model_data(ctx)).removeprefix("file://")).resolve()
+    if not tarball.is_file():
+        raise ConfigError(f"model {tarball} does not exist")
+    return tarball
+
 
 def serve_local(ctx: Context) -> int:
     """Start a local endpoint and keep it up until SIGINT/SIGTERM (settings.run turns
@@ -169,19 +228,30 @@ def serve_local(ctx: Context) -> int:
     from dogbreed_scripts import local_endpoint
 
     workdir = Path(cfg.workdir).resolve()
-    tarball = Path(model_data(ctx).removeprefix("file://")).resolve()
-    if not tarball.is_file():
-        raise ConfigError(f"model {tarball} does not exist")
+    added = [(name, local_tarball(ctx, source)) for name, source in added_models(args)]
+    tarball = None if args.multi_model else local_tarball(ctx, None)
 
     name = args.endpoint_name or time.strftime("dogbreed-local-%Y%m%d-%H%M%S", time.gmtime())
-    print(f"==> local endpoint {name} with {cfg.local_serve_image}", flush=True)
-    endpoint = local_endpoint.start(cfg.local_serve_image, tarball,
-                                    workdir / ".local-containers", name,
-                                    timeout=args.startup_timeout)
+    kind = "multi-model endpoint" if args.multi_model else "endpoint"
+    print(f"==> local {kind} {name} with {cfg.local_serve_image}", flush=True)
+    root = workdir / ".local-containers"
+    if tarball is None:
+        endpoint = local_endpoint.start_multi_model(cfg.local_serve_image, root, name,
+                                                    timeout=args.startup_timeout)
+        recorded = LocalEndpoint(name=name, port=endpoint.port, pid=os.getpid(),
+                                 model=str(endpoint.models), multi_model=True)
+        where = f"{endpoint.url}/models/NAME/invoke"
+    else:
+        endpoint = local_endpoint.start(cfg.local_serve_image, tarball, root, name,
+                                        timeout=args.startup_timeout)
+        recorded = LocalEndpoint(name=name, port=endpoint.port, pid=os.getpid(),
+                                 model=str(tarball))
+        where = f"{endpoint.url}/invocations"
     try:
-        ctx.save(local_endpoint=LocalEndpoint(name=name, port=endpoint.port, pid=os.getpid(),
-                                              model=str(tarball)))
-        print(f"serving at {endpoint.url}/invocations (endpoint {name}); Ctrl-C or "
+        for model, path in added:
+            load_local(endpoint.url, endpoint.models, model, path)
+        ctx.save(local_endpoint=recorded)
+        print(f"serving at {where} (endpoint {name}); Ctrl-C or "
               "scripts/cleanup.py --local stops it", flush=True)
         while True:
             time.sleep(1)
@@ -194,6 +264,28 @@ def serve_local(ctx: Context) -> int:
         if recorded is not None and recorded.pid == os.getpid():
             ctx.save(local_endpoint=None)
         print("local endpoint deleted", flush=True)
+    return 0
+
+
+def load_local(url: str, models: Path, name: str, tarball: Path) -> None:
+    from dogbreed_scripts import local_endpoint
+
+    answer = local_endpoint.load_model(url, models, name, tarball)
+    print(f"    {answer['message']}; invoke it with: scripts/invoke.py IMAGE --local "
+          f"--target-model {name}", flush=True)
+
+
+def add_local(ctx: Context) -> int:
+    """--local --add-model without --multi-model: load into the running local
+    multi-model endpoint."""
+    endpoint = ctx.state.local_endpoint
+    if endpoint is None or not endpoint.multi_model:
+        raise ConfigError("no local multi-model endpoint: run scripts/deploy.py --local "
+                          "--multi-model --detach first")
+    added = [(name, local_tarball(ctx, source)) for name, source in added_models(ctx.args)]
+    print(f"==> adding {len(added)} model(s) to local endpoint {endpoint.name}", flush=True)
+    for name, tarball in added:
+        load_local(f"http://127.0.0.1:{endpoint.port}", Path(endpoint.model), name, tarball)
     return 0
 
 
@@ -212,8 +304,9 @@ def serve_local_detached(argv: list[str], ctx: Context, timeout: float = 600) ->
         while time.monotonic() < deadline:
             endpoint = ctx.reload().local_endpoint
             if endpoint is not None and endpoint.pid == child.pid:
+                path = "/models/NAME/invoke" if endpoint.multi_model else "/invocations"
                 print(f"local endpoint {endpoint.name} serving at "
-                      f"http://127.0.0.1:{endpoint.port}/invocations (pid {child.pid}, "
+                      f"http://127.0.0.1:{endpoint.port}{path} (pid {child.pid}, "
                       f"log {log})\nstop it with: scripts/cleanup.py --local")
                 return 0
             if child.poll() is not None:
@@ -239,7 +332,11 @@ def main(argv=None) -> int:
         if args.batch_input or args.serverless or args.async_:
             raise ConfigError("--batch-input, --serverless and --async run on SageMaker; "
                               "drop --local")
+        if args.add_model and not args.multi_model:
+            return add_local(ctx)
         return serve_local_detached(argv, ctx) if args.detach else serve_local(ctx)
+    if args.add_model and not args.multi_model:
+        return add_models(ctx, ctx.args.model_prefix or ctx.state.multi_model_prefix)
 
     session = ctx.session
     settings.require(cfg, "role")
@@ -249,9 +346,12 @@ def main(argv=None) -> int:
 
     sagemaker_calls.opt_out_of_telemetry(Path(cfg.workdir) / ".sagemaker")
     settings.require_image_in_registry(session, image)
-    data = model_data(ctx, session.client("sagemaker"))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     tags = {"project": "dogbreed"}
+    if args.multi_model:
+        return deploy_multi_model(ctx, image, args.endpoint_name or f"dogbreed-{stamp}",
+                                  scaling, tags)
+    data = model_data(ctx, session.client("sagemaker"))
 
     if args.batch_input:
         if not args.batch_output:
@@ -291,6 +391,63 @@ def main(argv=None) -> int:
     if scaling:
         autoscale(session, endpoint, *scaling, args.target_invocations)
     print(f"endpoint {endpoint} is in service; it bills until scripts/cleanup.py")
+    return 0
+
+
+# --- multi-model endpoints -------------------------------------------------------------
+
+def deploy_multi_model(ctx: Context, image: str, endpoint: str,
+                       scaling: tuple[int, int] | None, tags: dict[str, str]) -> int:
+    """A MultiModel model over an S3 prefix, its endpoint config and endpoint; the
+    --add-model archives are copied to the prefix first."""
+    from dogbreed_scripts import sagemaker_calls
+
+    args, cfg, session = ctx.args, ctx.settings, ctx.session
+    if not args.model_prefix:
+        ctx.bucket()
+    prefix = (args.model_prefix or cfg.s3("multi-model", endpoint)).rstrip("/") + "/"
+    print(f"==> multi-model endpoint {endpoint}: {image} ({args.instance_count} x "
+          f"{cfg.serve_instance_type})\n    models under {prefix}", flush=True)
+    add_models(ctx, prefix)
+    ctx.save(endpoint=endpoint, endpoint_kind="multi-model", multi_model_prefix=prefix,
+             async_output=None)
+    sagemaker_calls.create_model(session, endpoint, image, prefix, cfg.role, tags=tags,
+                                 multi_model=True)
+    sagemaker_calls.create_endpoint(
+        session, endpoint, endpoint, instance_type=cfg.serve_instance_type,
+        instance_count=args.instance_count, startup_timeout=args.startup_timeout, tags=tags,
+        poll=args.poll)
+    if scaling:
+        autoscale(session, endpoint, *scaling, args.target_invocations)
+    print(f"endpoint {endpoint} is in service; it bills until scripts/cleanup.py\n"
+          "invoke a model with: scripts/invoke.py IMAGE --target-model NAME; add one "
+          "with: scripts/deploy.py --add-model NAME=MODEL")
+    return 0
+
+
+def add_models(ctx: Context, prefix: str | None) -> int:
+    """Copy each --add-model archive to PREFIX/NAME.tar.gz (a local file is uploaded).
+    SageMaker loads it on its first invocation with TargetModel NAME.tar.gz."""
+    from dogbreed_scripts.local_endpoint import ARCHIVE_SUFFIX
+
+    if not prefix:
+        raise ConfigError("no multi-model endpoint to add to: run scripts/deploy.py "
+                          "--multi-model first, or pass --model-prefix s3://...")
+    added = added_models(ctx.args)
+    s3 = ctx.session.client("s3")
+    bucket, _, key_prefix = prefix.removeprefix("s3://").partition("/")
+    for name, source in added:
+        source = source or model_data(ctx, ctx.session.client("sagemaker"))
+        key = f"{key_prefix.rstrip('/')}/{name}{ARCHIVE_SUFFIX}".lstrip("/")
+        if source.startswith("s3://"):
+            src_bucket, _, src_key = source.removeprefix("s3://").partition("/")
+            s3.copy({"Bucket": src_bucket, "Key": src_key}, bucket, key)
+        else:
+            path = Path(source.removeprefix("file://"))
+            if not path.is_file():
+                raise ConfigError(f"--add-model {name}: {path} does not exist")
+            s3.upload_file(str(path), bucket, key)
+        print(f"    model {name}: {source} -> s3://{bucket}/{key}", flush=True)
     return 0
 
 

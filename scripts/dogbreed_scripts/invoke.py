@@ -5,6 +5,7 @@
     scripts/invoke.py photos/ --top-k 3 --via both  # a folder, boto3 and the SDK
     scripts/invoke.py dog.jpg --endpoint NAME --async   # an asynchronous endpoint
     scripts/invoke.py dog.jpg --local               # the local endpoint (HTTP)
+    scripts/invoke.py dog.jpg --target-model shelter-a  # one model of a multi-model endpoint
 
 Each image goes as one request with its own Content-Type (image/jpeg or image/png,
 from the file's bytes), and top_k as the X-Amzn-SageMaker-Custom-Attributes header.
@@ -12,6 +13,11 @@ from the file's bytes), and top_k as the X-Amzn-SageMaker-Custom-Attributes head
 Endpoint.invoke. An asynchronous endpoint (deploy.py --async) gets each image
 uploaded to S3, then invoke_endpoint_async, then the answer read from S3 once it
 is there. The local endpoint is reached over HTTP, as SageMaker reaches it.
+
+A multi-model endpoint (deploy.py --multi-model) answers with the model named by
+--target-model NAME: InvokeEndpoint's TargetModel NAME.tar.gz, the archive
+deploy.py --add-model put under the endpoint's prefix (locally, POST
+/models/NAME/invoke).
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "s3://BUCKET/PREFIX/async-input)")
     p.add_argument("--wait", type=float, default=900, metavar="SECONDS",
                    help="with --async: how long to wait for each answer (default: %(default)s)")
+    p.add_argument("--target-model", metavar="NAME",
+                   help="the model of a multi-model endpoint to ask (deploy.py --add-model "
+                        "NAME)")
     p.add_argument("--local", action="store_true", help="the local endpoint of deploy.py --local")
     p.add_argument("--port", type=int, help="with --local: the endpoint's port "
                                             "(default: from the state file)")
@@ -69,20 +78,23 @@ def images(paths: list[Path]) -> list[Path]:
     return found
 
 
-def via_boto3(runtime, endpoint: str):
+def via_boto3(runtime, endpoint: str, target_model: str | None = None):
+    extra = {"TargetModel": target_model} if target_model else {}
+
     def send(body: bytes, ctype: str, top_k: int) -> dict:
         response = runtime.invoke_endpoint(
             EndpointName=endpoint, ContentType=ctype, Accept="application/json",
-            CustomAttributes=f"top_k={top_k}", Body=body)
+            CustomAttributes=f"top_k={top_k}", Body=body, **extra)
         return json.loads(response["Body"].read())
     return send
 
 
-def via_sdk(session, endpoint: str):
+def via_sdk(session, endpoint: str, target_model: str | None = None):
     from dogbreed_scripts import sagemaker_calls
 
     def send(body: bytes, ctype: str, top_k: int) -> dict:
-        return json.loads(sagemaker_calls.invoke_bytes(session, endpoint, body, ctype, top_k))
+        return json.loads(sagemaker_calls.invoke_bytes(session, endpoint, body, ctype, top_k,
+                                                       target_model))
     return send
 
 
@@ -112,17 +124,34 @@ def via_async(session, endpoint: str, input_prefix: str, wait: float):
     return send
 
 
-def via_http(url: str):
-    import requests
+def via_http(url: str, target_model: str | None = None):
+    from dogbreed_scripts import local_endpoint
 
     def send(body: bytes, ctype: str, top_k: int) -> dict:
-        answer = requests.post(f"{url}/invocations", data=body, timeout=60, headers={
-            "Content-Type": ctype, "Accept": "application/json",
-            "X-Amzn-SageMaker-Custom-Attributes": f"top_k={top_k}"})
+        answer = local_endpoint.invoke(url, body, ctype, top_k, target_model=target_model)
         if answer.status_code != 200:
             raise ConfigError(f"HTTP {answer.status_code}: {answer.text[:300]}")
         return answer.json()
     return send
+
+
+def target_model(args: argparse.Namespace, multi_model: bool) -> str | None:
+    """TargetModel (NAME.tar.gz) for a multi-model endpoint; None for any other."""
+    from dogbreed_scripts.local_endpoint import ARCHIVE_SUFFIX, MODEL_NAME, model_name
+
+    if not args.target_model:
+        if multi_model:
+            raise ConfigError("a multi-model endpoint answers with one of its models: pass "
+                              "--target-model NAME (a name deploy.py --add-model gave)")
+        return None
+    if args.async_:
+        raise ConfigError("--target-model asks a multi-model endpoint, which is a "
+                          "real-time one: drop --async")
+    name = model_name(args.target_model)
+    if not MODEL_NAME.match(name):
+        raise ConfigError(f"--target-model {args.target_model}: not a model name "
+                          "deploy.py --add-model accepts")
+    return name + ARCHIVE_SUFFIX
 
 
 def show(path: Path, ctype: str, client: str, answer: dict) -> None:
@@ -146,7 +175,8 @@ def main(argv=None) -> int:
             raise ConfigError("no local endpoint: run scripts/deploy.py --local --detach "
                               "first, or pass --port")
         endpoint = args.endpoint or (local.name if local else "local")
-        senders["http"] = via_http(f"http://127.0.0.1:{int(port)}")
+        target = target_model(args, bool(local and local.multi_model and not args.port))
+        senders["http"] = via_http(f"http://127.0.0.1:{int(port)}", target)
     else:
         endpoint = args.endpoint or state.endpoint
         if not endpoint:
@@ -154,6 +184,7 @@ def main(argv=None) -> int:
         is_async = args.async_ or (not args.endpoint and state.endpoint_kind == "async")
         if is_async and args.via:
             raise ConfigError("--async sends through S3: drop --via")
+        target = target_model(args, not args.endpoint and state.endpoint_kind == "multi-model")
         session = ctx.session
         if is_async:
             if not args.async_input:
@@ -164,12 +195,12 @@ def main(argv=None) -> int:
             senders["async"] = via_async(session, endpoint, prefix, args.wait)
         args.via = args.via or "boto3"
         if not is_async and args.via in ("boto3", "both"):
-            senders["boto3"] = via_boto3(session.client("sagemaker-runtime"), endpoint)
+            senders["boto3"] = via_boto3(session.client("sagemaker-runtime"), endpoint, target)
         if not is_async and args.via in ("sdk", "both"):
             from dogbreed_scripts import sagemaker_calls
 
             sagemaker_calls.opt_out_of_telemetry(Path(cfg.workdir) / ".sagemaker")
-            senders["sdk"] = via_sdk(session, endpoint)
+            senders["sdk"] = via_sdk(session, endpoint, target)
 
     results, failed = [], 0
     for path in files:
@@ -191,7 +222,8 @@ def main(argv=None) -> int:
             results.append({"image": str(path), "content_type": ctype, "client": client,
                             "bytes": len(body), "predictions": answer.get("predictions")})
     if args.json:
-        args.json.write_text(json.dumps({"endpoint": endpoint, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"endpoint": endpoint, "target_model": target,
+                                         "results": results}, indent=2))
     if failed:
         print(f"{failed} request(s) failed", file=sys.stderr)
     return 1 if failed else 0

@@ -295,11 +295,15 @@ def _boto_tags(tags: dict[str, str] | None) -> dict:
 
 
 def create_model(boto_session, name: str, image_uri: str, model_data: str, role: str,
-                 tags: dict[str, str] | None = None) -> str:
-    """CreateModel for the serving image and a model.tar.gz."""
+                 tags: dict[str, str] | None = None, multi_model: bool = False) -> str:
+    """CreateModel for the serving image and a model.tar.gz; with multi_model, a
+    MultiModel model over model_data, an S3 prefix of NAME.tar.gz archives, with the
+    serving image told so (SAGEMAKER_MULTI_MODEL=true)."""
+    container = {"Image": image_uri, "ModelDataUrl": model_data}
+    if multi_model:
+        container.update(Mode="MultiModel", Environment={"SAGEMAKER_MULTI_MODEL": "true"})
     boto_session.client("sagemaker").create_model(
-        ModelName=name, ExecutionRoleArn=role,
-        PrimaryContainer={"Image": image_uri, "ModelDataUrl": model_data}, **_boto_tags(tags))
+        ModelName=name, ExecutionRoleArn=role, PrimaryContainer=container, **_boto_tags(tags))
     return name
 
 
@@ -372,9 +376,12 @@ def _invoke_args(content_type: str, top_k: int | None) -> dict:
 
 
 def invoke_bytes(boto_session, endpoint: str, body: bytes, content_type: str,
-                 top_k: int | None = None) -> bytes:
-    """One raw-bytes InvokeEndpoint through sagemaker-core's Endpoint; the answer's bytes."""
+                 top_k: int | None = None, target_model: str | None = None) -> bytes:
+    """One raw-bytes InvokeEndpoint through sagemaker-core's Endpoint; the answer's bytes.
+    target_model: the archive of a multi-model endpoint (NAME.tar.gz) to answer."""
     args = _invoke_args(content_type, top_k)
+    if target_model:
+        args["target_model"] = target_model
     answer = _endpoint(endpoint).invoke(body=body, session=boto_session,
                                         region=boto_session.region_name, **args)
     body = answer.body

@@ -30,7 +30,8 @@ class LocalEndpoint:
     name: str
     port: int
     pid: int
-    model: str
+    model: str                 # model.tar.gz; with multi_model, the folder of models
+    multi_model: bool = False  # deploy.py --local --multi-model
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class State:
     model_data: str | None = None          # train.py: S3 URI of model.tar.gz
     local_model: str | None = None         # train.py --local: path of model.tar.gz
     endpoint: str | None = None            # deploy.py
-    endpoint_kind: str | None = None       # deploy.py: real-time, serverless or async
+    endpoint_kind: str | None = None       # deploy.py: real-time, serverless, async or multi-model
+    multi_model_prefix: str | None = None  # deploy.py --multi-model: S3 prefix of its models
     async_output: str | None = None        # deploy.py --async
     batch_job: str | None = None           # deploy.py --batch-input
     batch_model: str | None = None         # deploy.py --batch-input
@@ -87,7 +89,8 @@ class State:
             elif name == "local_endpoint":
                 try:
                     value = values[name] = LocalEndpoint(**value)
-                    ok = isinstance(value.port, int) and isinstance(value.pid, int)
+                    ok = isinstance(value.port, int) and isinstance(value.pid, int) and \
+                        isinstance(value.multi_model, bool)
                 except TypeError:
                     ok = False
             else:
