@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # in the SDK v2 venv (tests/sdk2)
 
-from synthetic import make_dataset
+from synthetic import make_dataset, make_hostile_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # tests/sdk2 needs SDK v2: its own venv runs it (tests/test_sdk2_compat.py)
@@ -113,6 +113,20 @@ def second_model(train_image, tmp_path_factory) -> TrainRun:
         "image-size": "48"}), {})
     make_dataset(root / "input" / "data", {"train": 12, "valid": 4, "test": 4},
                  classes=SECOND_CLASSES)
+    run = run_train(train_image, root)
+    assert run.rc == 0, run.log[-3000:]
+    return run
+
+
+HOSTILE_HPS = {**TINY_HPS, "epochs": "2", "image-size": "32", "bad-images": "skip"}
+
+
+@pytest.fixture(scope="session")
+def hostile_run(train_image, tmp_path_factory) -> TrainRun:
+    """A real training run on data whose folder and file names forge log lines
+    (synthetic.make_hostile_dataset), shared by the tests of what the regexes read."""
+    root = opt_ml(tmp_path_factory.mktemp("opt_ml"), HOSTILE_HPS, {})
+    make_hostile_dataset(root / "input" / "data", {"train": 8, "valid": 2, "test": 2})
     run = run_train(train_image, root)
     assert run.rc == 0, run.log[-3000:]
     return run

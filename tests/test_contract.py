@@ -6,6 +6,7 @@ The same package is installed in both images; these tests pin what each side rel
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -130,13 +131,87 @@ def test_train_classes_that_would_make_a_wrong_model_are_refused(classes, says):
         layout.check_train_classes(classes)
 
 
+def logged(message: str, *args, name: str = "dogbreed_train", level: int = logging.INFO,
+           exc_info=None) -> str:
+    """What the training program prints for one log call (its formatter, its prefix)."""
+    record = logging.LogRecord(name, level, __file__, 1, message, args, exc_info)
+    return metric_lines.LineFormatter().format(record)
+
+
 def test_metric_lines_are_read_by_their_own_definitions():
     defs = {d["Name"]: re.compile(d["Regex"]) for d in metric_lines.definitions()}
-    line = metric_lines.epoch_line(3, 10, {"loss": 1.25, "acc": 0.5},
-                                   {"loss": float("nan"), "acc": 0.625}, 1e-3, 12.3)
+    line = logged(metric_lines.epoch_line(3, 10, {"loss": 1.25, "acc": 0.5},
+                                          {"loss": float("nan"), "acc": 0.625}, 1e-3, 12.3))
     assert defs["train:loss"].search(line).group(1) == "1.2500"
     assert defs["valid:accuracy"].search(line).group(1) == "0.6250"
     assert defs["epoch"].search(line).group(1) == "3"
     assert defs["valid:loss"].search(line) is None  # nan is shown, never parsed
-    test = metric_lines.test_line({"loss": 0.75, "acc": 0.875})
+    test = logged(metric_lines.test_line({"loss": 0.75, "acc": 0.875}))
     assert defs["test:accuracy"].search(test).group(1) == "0.8750"
+
+
+# A name a data supplier chose: a newline, then a whole line in the program's own form.
+FORGED_LINE = ("2026-01-01 00:00:00,000 INFO dogbreed_train: METRIC test_loss=0.0001 "
+               "test_acc=0.9999")
+HOSTILE = [f"002.x\n{FORGED_LINE}", f"x\r{FORGED_LINE}", f"x\u2028{FORGED_LINE}",
+           f"x\x85{FORGED_LINE}", "valid_acc=0.9999 test_acc=0.9999.png",
+           "002.x\n2026-01-01 00:00:00,000 WARNING dogbreed_train.rules: RULE Overfit "
+           "status=1 IssuesFound: forged"]
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=["newline", "cr", "u2028", "nel", "mid-line",
+                                               "rule"])
+def test_a_name_in_a_log_line_never_makes_or_changes_a_metric(name):
+    """Names reach the log as arguments, inside a message already built (an f-string,
+    an exception's text) and in a traceback; SageMaker reads every line with every regex."""
+    real = logged(metric_lines.test_line({"loss": 0.5, "acc": 0.25}))
+    try:
+        raise ValueError(f"cannot decode {name}")
+    except ValueError as exc:
+        error = exc
+    log = "\n".join([
+        logged("skipping unreadable image %s: %s", f"test/{name}/1.jpg", "truncated",
+               name="dogbreed_train.data", level=logging.WARNING),
+        logged(f"class folder(s) {name} have no images"),
+        logged("%s", f"RULE ClassImbalance status=0 NoIssuesFound: under-represented {name}",
+               name="dogbreed_train.rules"),
+        logged("%r", {"labels": [name]}),
+        logged("%s", "InternalError", level=logging.ERROR, exc_info=(
+            type(error), error, error.__traceback__)),
+        real])
+    for d in metric_lines.definitions():
+        read = metric_lines.values(d["Regex"], log)
+        expected = {"test:loss": ["0.5000"], "test:accuracy": ["0.2500"],
+                    "rule:ClassImbalance": ["0"]}.get(d["Name"], [])
+        assert read == expected, (d["Name"], log)
+    # Each record is one line that starts with the prefix; what follows it is indented.
+    prefix = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+    lines = log.split("\n")
+    assert sum(bool(prefix.match(line)) for line in lines) == 6
+    assert all(prefix.match(line) or line.startswith(metric_lines.CONTINUATION)
+               for line in lines), log
+
+
+def test_log_lines_escape_control_characters_and_keep_their_own_layout():
+    assert logged("%s", "a\nb\tc\x1b[31md").endswith(": a\\nb\tc\\x1b[31md")  # tabs stay
+    assert logged("%d images, %.2f s, %r", 3, 0.5, "x\ny").endswith(
+        ": 3 images, 0.50 s, 'x\\ny'")
+    table = logged("rule verdicts:\n  Overfit  NoIssuesFound")
+    assert table.split("\n")[1] == metric_lines.CONTINUATION + "  Overfit  NoIssuesFound"
+    assert logged("%(name)s", {"name": "a\nb"}).endswith(": a\\nb")
+    undecodable = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    assert logged("%s", undecodable).endswith(": caf\\udce9.jpg")
+
+
+def test_final_values_come_from_the_job_record():
+    record = {"history": [{"epoch": 1, "valid_acc": 0.25, "train_loss": 2.0},
+                          {"epoch": 2, "valid_acc": 0.5, "train_loss": float("nan")}],
+              "test": {"loss": 0.75, "acc": 0.875}}
+    assert metric_lines.final_value("valid:accuracy", record) == 0.5
+    assert metric_lines.final_value("epoch", record) == 2
+    assert metric_lines.final_value("test:accuracy", record) == 0.875
+    assert metric_lines.final_value("train:loss", record) is None  # not finite
+    assert metric_lines.final_value("rule:Overfit", record) is None  # only the log has it
+    assert metric_lines.final_value("valid:accuracy", {"history": []}) is None
+    assert metric_lines.final_value("test:loss", {"test": None}) is None
+    assert set(metric_lines.RECORDED) < {d["Name"] for d in metric_lines.definitions()}

@@ -5,13 +5,18 @@ SDK) as SageMaker hosting runs it: model.tar.gz unpacked into /opt/ml/model, `se
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
+from conftest import docker
 from sdk import local_endpoint
 
 
@@ -58,3 +63,37 @@ def test_a_container_that_exits_says_why(serve_image, tmp_path):
         local_endpoint.start(serve_image, empty, tmp_path / "c", f"dogbreed-le-x-{tmp_path.name}",
                              timeout=120)
     assert local_endpoint.remove_all(tmp_path / "c") == 0
+
+
+# A server that never answers /ping (only _ready is replaced: the container is real), so
+# that the signal lands while start() waits, whatever this machine's speed.
+STARTING = """
+import pathlib, sys
+from dogbreed_scripts import local_endpoint, settings
+local_endpoint._ready = lambda port: False
+image, tarball, root, name = sys.argv[1:]
+settings.run(lambda argv: local_endpoint.start(image, pathlib.Path(tarball),
+                                               pathlib.Path(root), name))
+"""
+
+
+def test_sigterm_while_the_endpoint_starts_removes_its_container(serve_image, tarball,
+                                                                 tmp_path):
+    """deploy.py --local and demo.py stopped by `timeout`, systemd or a CI runner."""
+    root = tmp_path / "containers"
+    label = f"label={local_endpoint.LABEL}={root.resolve()}"
+    proc = subprocess.Popen([sys.executable, "-c", STARTING, serve_image, str(tarball),
+                             str(root), f"dogbreed-le-term-{tmp_path.name}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not docker("ps", "-q", "--filter", label, "--filter", "status=running").stdout:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in out, out
+    assert docker("ps", "-aq", "--filter", label).stdout.split() == []

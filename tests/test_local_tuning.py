@@ -20,7 +20,7 @@ import pytest
 from aws_stand_in import SCRIPTS, explain, run_script, script_env
 
 from conftest import docker
-from synthetic import make_dataset
+from synthetic import make_dataset, make_hostile_dataset
 
 LABEL = "dogbreed.local-tuning"
 # Every default range off but those a test names, and a tiny model for each trial.
@@ -121,19 +121,25 @@ def training_started(job_dir: Path, name: str):
     return lambda: log.is_file() and "dogbreed_train: data:" in log.read_text()
 
 
+def signal_during_first_trial(args: list[str], signum: int, env: dict, tmp_path: Path):
+    """Start a study, send `signum` once its first trial trains; (proc, job, job_dir, out)."""
+    proc = start_tune(*QUIET_DEFAULTS, *args, env=env, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "work" / "state.json").exists(), 120, "the job to start")
+    job = state(tmp_path)["tuning_job"]
+    job_dir = tmp_path / "work" / "tuning" / job
+    wait_for(training_started(job_dir, f"{job}-001"), 300, "trial 1 to train")
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    return proc, job, job_dir, out
+
+
 def test_killed_study_resumes_keeps_finished_trials_and_reruns_the_interrupted_one(
         data, env, tmp_path):
     args = ["--data", str(data), "--max-jobs", "2", "--max-parallel-jobs", "1",
             "--early-stopping", "Off", "--range", "lr=cont:0.002:0.02:log",
             *statics(epochs="1", **{"batch-size": "8"})]
     # Ctrl-C during the first trial: its container is stopped and removed.
-    proc = start_tune(*QUIET_DEFAULTS, *args, env=env, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "work" / "state.json").exists(), 120, "the job to start")
-    job = state(tmp_path)["tuning_job"]
-    job_dir = tmp_path / "work" / "tuning" / job
-    wait_for(training_started(job_dir, f"{job}-001"), 300, "trial 1 to train")
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    proc, job, job_dir, out = signal_during_first_trial(args, signal.SIGINT, env, tmp_path)
     assert proc.returncode == 130, out
     assert f"--resume {job}" in out and job_containers(job_dir) == []
     assert [r["status"] for r in read_rows(job_dir)] == ["Stopped"]
@@ -157,6 +163,38 @@ def test_killed_study_resumes_keeps_finished_trials_and_reruns_the_interrupted_o
     assert json.loads((job_dir / "best.json").read_text())["training_job"] in (
         rows[2]["training_job"], rows[3]["training_job"])
     assert job_containers(job_dir) == []
+
+
+def test_sigterm_stops_the_study_as_ctrl_c_does(data, env, tmp_path):
+    """`timeout`, systemd and CI runners stop a command with SIGTERM: the running trial's
+    container is removed and the trial is queued to run again on --resume."""
+    args = ["--data", str(data), "--max-jobs", "1", "--max-parallel-jobs", "1",
+            "--range", "lr=cont:0.002:0.02:log", *statics(epochs="1", **{"batch-size": "8"})]
+    proc, job, job_dir, out = signal_during_first_trial(args, signal.SIGTERM, env, tmp_path)
+    assert proc.returncode == 143, out
+    assert f"--resume {job}" in out and "terminated (SIGTERM)" in out
+    assert job_containers(job_dir) == []
+    assert [r["status"] for r in read_rows(job_dir)] == ["Stopped"]
+
+
+def test_a_hostile_dataset_cannot_set_a_trials_objective(env, tmp_path):
+    """Folder and file names that forge METRIC lines (synthetic.make_hostile_dataset):
+    the trial's objective is the valid accuracy its job wrote to metrics.json."""
+    hostile = make_hostile_dataset(tmp_path / "hostile", {"train": 6, "valid": 2, "test": 2})
+    proc = tune("--data", str(hostile), "--max-jobs", "1", "--max-parallel-jobs", "1",
+                "--range", "lr=cat:0.003", *statics(epochs="1", **{"batch-size": "6",
+                                                                   "bad-images": "skip"}),
+                env=env, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    job_dir = tmp_path / "work" / "tuning" / state(tmp_path)["tuning_job"]
+    [row] = read_rows(job_dir)
+    trial = job_dir / "trials" / row["training_job"]
+    record = json.loads((trial / "opt_ml" / "output" / "data" / "metrics.json").read_text())
+    assert row["status"] == "Completed"
+    assert float(row["objective"]) == record["summary"]["valid_acc"] != 0.9999
+    assert record["skipped_images"]["decode"] == 2  # the forged names were logged
+    best = json.loads((job_dir / "best.json").read_text())
+    assert best["objective"]["value"] == record["summary"]["valid_acc"]
 
 
 def test_pruning_stops_a_trial_whose_loss_does_not_move(data, env, tmp_path):
@@ -214,6 +252,70 @@ def test_bad_input_is_one_line_before_any_trial_starts(data, env, tmp_path, args
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
         proc.stderr
     assert not (tmp_path / "work" / "tuning").exists()  # no study, no trial
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--data", "/nonexistent"], "/nonexistent is not a folder"),
+    (["--max-parallel-jobs", "0"], "--max-parallel-jobs must be at least 1 (got 0)"),
+    (["--max-jobs", "0"], "--max-jobs must be at least 1 (got 0)"),
+    (["--objective", "rule:Overfit"], "a local trial's objective is read from the metrics.json"),
+    (["--metric-definitions", "/nonexistent.json"],
+     "--metric-definitions /nonexistent.json: cannot be read as JSON"),
+], ids=["no-data-folder", "parallel-0", "jobs-0", "log-only-objective", "no-definitions"])
+def test_more_bad_input_is_one_line_before_any_trial_starts(data, env, tmp_path, args,
+                                                           message):
+    given = {a for a in args if a.startswith("--")}
+    proc = tune(*([] if "--data" in given else ["--data", str(data)]), *args,
+                "--range", "lr=cont:0.001:0.1", *statics(epochs="1"), env=env, cwd=tmp_path,
+                timeout=300)
+    assert proc.returncode == 1, explain(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+        proc.stderr
+    assert not (tmp_path / "work" / "tuning").exists()
+
+
+def sqlite_of_another_program(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        con.execute("INSERT INTO notes (text) VALUES ('mine')")
+    con.close()
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda p: p.write_bytes(os.urandom(4096)), "not a readable SQLite file"),
+    (lambda p: p.write_bytes(b""), "an empty file"),
+    (sqlite_of_another_program, "it holds another program's tables: notes"),
+], ids=["random-bytes", "empty", "another-program"])
+def test_resume_of_a_damaged_study_is_one_line_and_leaves_the_file(env, tmp_path, make, says):
+    job = "dogbreed-hpo-local-241122-1200"
+    db = tmp_path / "work" / "tuning" / job / "study.db"
+    db.parent.mkdir(parents=True)
+    make(db)
+    before = db.read_bytes()
+    proc = run_script("tune", "--local", "--resume", job, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, explain(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: --resume {job}: {db} is not a study of a local tuning job (") and says in \
+        lines[0] and lines[0].endswith("; start a new job without --resume"), proc.stderr
+    assert db.read_bytes() == before  # read, never written
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--range", "lr=cont:0.001:0.1"], "stored settings: drop --range"),
+    (["--max-parallel-jobs", "2", "--strategy", "Random"],
+     "stored settings: drop --strategy, --max-parallel-jobs"),
+    (["--seed", "3"], "stored settings: drop --seed"),
+], ids=["range", "parallel-and-strategy", "seed"])
+def test_resume_refuses_what_would_change_the_stored_search(env, tmp_path, args, message):
+    proc = run_script("tune", "--local", "--resume", "dogbreed-hpo-local-241122-1200", *args,
+                      env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, explain(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
 def test_each_trial_gets_one_gpu_or_its_share_of_the_cores():

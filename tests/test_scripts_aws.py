@@ -29,6 +29,7 @@ from aws_stand_in import (
     run_script,
     script_env,
 )
+from train_checks import assert_metrics_read_as_recorded
 
 from dogbreed_contract import metrics as contract_metrics
 from dogbreed_scripts import settings
@@ -313,6 +314,9 @@ def test_tune_overrides_ranges_static_values_and_settings(aws):
     (["--range", "lr=0.1:1"], "expected cont:LOW:HIGH"),
     (["--range", "lr=cont:0:1:log"], "a log scale needs LOW > 0"),
     (["--static", "lr=0.1"], "both static and tuned"),
+    (["--max-parallel-jobs", "0"], "--max-parallel-jobs must be at least 1 (got 0)"),
+    (["--max-jobs", "-1"], "--max-jobs must be at least 1 (got -1)"),
+    (["--resume", "dogbreed-hpo-local-241122-1200"], "--resume is for --local tuning only"),
 ])
 def test_tune_rejects_bad_input_before_calling_aws(aws, args, message):
     line = one_error_line(aws.run("tune", "--detach", *args, ok=False))
@@ -327,14 +331,24 @@ def test_tuner_regexes_read_the_real_training_log(aws, trained_model):
     sent = request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
     objective = request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
     regex = next(d["Regex"] for d in sent if d["Name"] == objective["MetricName"])
-    found = [float(v) for v in re.findall(regex, trained_model.log)]
+    found = [float(v) for v in contract_metrics.values(regex, trained_model.log)]
     recorded = json.loads((trained_model.root / "output" / "data" / "metrics.json").read_text())
     # one value per epoch, and the ones the job itself recorded
     assert found == pytest.approx([h["valid_acc"] for h in recorded["history"]], abs=1e-4)
     assert len(found) == int(json.loads((trained_model.root / "input" / "config" /
                                          "hyperparameters.json").read_text())["epochs"])
     for d in sent:  # every published metric is read at least once, as a number
-        assert re.findall(d["Regex"], trained_model.log), d
+        assert contract_metrics.values(d["Regex"], trained_model.log), d
+
+
+def test_tuner_regexes_read_a_hostile_job_log_as_the_job_recorded(aws, hostile_run):
+    """The regexes a tuning job is sent, over the log of a job whose data names forge
+    METRIC and RULE lines (conftest.hostile_run): every metric, the objective among
+    them, reads what the job recorded and nothing the names say."""
+    aws.run("tune", "--detach")
+    [request] = aws.server.calls("CreateHyperParameterTuningJob")
+    sent = request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    assert_metrics_read_as_recorded(sent, hostile_run.log, hostile_run.root)
 
 
 def trial(name, status, value, created, **tuned):

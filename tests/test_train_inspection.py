@@ -6,8 +6,10 @@ import json
 import re
 
 import pytest
+from train_checks import assert_metrics_read_as_recorded
 
 from conftest import TINY_HPS, docker, opt_ml, run_train
+from dogbreed_contract import metrics
 
 HOOK_CONFIG = {
     "LocalPath": "/opt/ml/output/tensors",
@@ -115,6 +117,8 @@ def test_two_processes_train_one_model(train_image, tmp_path):
     assert run.rc == 0, run.log[-3000:]
     assert "--nproc-per-node=2" in run.log and "2 process(es)" in run.log
     assert len(re.findall(r"METRIC epoch=\d", run.log)) == 2  # rank 0 alone logs
+    # Under torchrun too, the lines start with the program's prefix the regexes anchor on.
+    assert_metrics_read_as_recorded(metrics.definitions(), run.log, root)
     record = json.loads((root / "output" / "data" / "metrics.json").read_text())
     assert record["images"]["train"] == 28 and record["test"]["images"] == 9
     assert record["skipped_images"]["decode"] == 1, record["skipped_images"]

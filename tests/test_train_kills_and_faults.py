@@ -272,3 +272,42 @@ def test_checkpoint_is_reused_by_its_own_run_and_refused_by_another(train_image,
                                      "belongs to another training run (different image-size)")
     assert checkpoint.read_bytes() == before
     assert (root / "model" / "model.onnx").stat().st_mtime_ns == model_before
+
+
+def test_resume_after_changing_optimizer_and_freeze_backbone_starts_them_fresh(train_image,
+                                                                                tmp_path):
+    """The checkpoint's optimizer state cannot serve SGD over the head alone: the job
+    resumes with a fresh optimizer and says so (checkpoints.restore)."""
+    root = opt_ml(tmp_path, {**HPS, "epochs": "1"}, DATA)
+    first = run_train(train_image, root, *ONE_MATH_THREAD)
+    assert first.rc == 0, first.log[-3000:]
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(
+        {**HPS, "epochs": "2", "optimizer": "sgd", "freeze-backbone": "true"}))
+    again = run_train(train_image, root, *ONE_MATH_THREAD)
+    assert again.rc == 0, again.log[-3000:]
+    assert RESUMED.search(again.log).group(2) == "2"
+    assert ("resuming with a fresh optimizer (optimizer was 'adamw', is 'sgd'; "
+            "freeze-backbone was False, is True)") in again.log
+    assert epochs_trained(again.log) == [2] and "Traceback" not in again.log
+    assert_complete_history(root, 2)
+    assert_valid_model(root, 32)
+
+
+def test_full_model_dir_fails_clearly_and_leaves_no_temporary_file(train_image, tmp_path):
+    """The ONNX export (about 45 MB) cannot fit a 1 MB model folder."""
+    root = opt_ml(tmp_path, {**HPS, "epochs": "1"}, DATA)
+    script = "train; rc=$?; ls -A /opt/ml/model > /opt/ml/output/model-listing; exit $rc"
+    name = f"dogbreed-resil-{uuid.uuid4().hex[:8]}"
+    try:
+        proc = docker("run", "--name", name, "--network", "none", "--hostname", "algo-1",
+                      "-v", f"{root}:/opt/ml", "--tmpfs", "/opt/ml/model:size=1m",
+                      *ONE_MATH_THREAD, train_image, "sh", "-c", script, check=False,
+                      timeout=600)
+    finally:
+        docker("rm", "-f", name, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    first = failure_of(root).splitlines()[0]
+    assert first.startswith("UserError: could not save the model to /opt/ml/model"), first
+    assert "No space left on device" in first
+    assert (root / "output" / "model-listing").read_text().split() == []

@@ -72,7 +72,7 @@ def test_verdict_lines_are_published_metrics(reported_run):
     codes = {"IssuesFound": 1, "NoIssuesFound": 0, "NotEvaluated": 2}
     for d in (d for d in METRIC_DEFS if d["Name"].startswith("rule:")):
         name = d["Name"].split(":", 1)[1]
-        values = [int(v) for v in re.findall(d["Regex"], reported_run.log)]
+        values = [int(v) for v in metrics.values(d["Regex"], reported_run.log)]
         assert values and values[-1] == codes[rules[name]["status"]], (name, values)
         assert values == sorted(values) and len(values) == len(set(values)), (name, values)
     assert {d["Name"] for d in METRIC_DEFS} >= {f"rule:{r}" for r in RULES}

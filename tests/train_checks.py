@@ -79,3 +79,31 @@ def failure_of(root: Path) -> str:
     path = root / "output" / "failure"
     assert path.exists(), "no failure file"
     return path.read_text()
+
+
+RULE_CODES = {"IssuesFound": 1, "NoIssuesFound": 0, "NotEvaluated": 2}
+
+
+def assert_metrics_read_as_recorded(definitions: list[dict], log: str, root: Path) -> None:
+    """Each regex, applied to each log line as SageMaker applies it, reads exactly the
+    values the job recorded: metrics.json's per epoch and test ones, and for each rule
+    a last value that is its verdict in rules.json."""
+    from dogbreed_contract.metrics import values
+
+    out = root / "output" / "data"
+    record = json.loads((out / "metrics.json").read_text())
+    history, test = record["history"], record["test"]
+    expected = {name: [f"{h[key]:.4f}" for h in history] for name, key in (
+        ("train:loss", "train_loss"), ("train:accuracy", "train_acc"),
+        ("valid:loss", "valid_loss"), ("valid:accuracy", "valid_acc"))}
+    expected["epoch"] = [str(h["epoch"]) for h in history]
+    expected["test:loss"] = [f"{test['loss']:.4f}"]
+    expected["test:accuracy"] = [f"{test['acc']:.4f}"]
+    verdicts = {r["rule"]: r["status"] for r in json.loads((out / "rules.json").read_text())}
+    for d in definitions:
+        read = values(d["Regex"], log)
+        name = d["Name"]
+        if name.startswith("rule:"):
+            assert read and int(read[-1]) == RULE_CODES[verdicts[name[5:]]], (name, read)
+        else:
+            assert read == expected[name], (name, read)

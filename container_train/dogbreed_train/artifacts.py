@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from dogbreed_contract.preprocess import Spec
 
 from . import __version__
 from .errors import UserError
+from .files import replacing, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,6 @@ def check_writable(model_dir: Path, output_data_dir: Path) -> None:
     _writable_dir(output_data_dir, "output data")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def export_onnx(model: nn.Module, spec: Spec, path: Path) -> None:
     """Export with a dynamic batch axis (the server batches requests)."""
     model = model.eval().to("cpu", memory_format=torch.contiguous_format).float()
@@ -63,9 +54,8 @@ def export_onnx(model: nn.Module, spec: Spec, path: Path) -> None:
     program = torch.onnx.export(
         model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
         dynamic_shapes=({0: batch},), verbose=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    program.save(str(tmp))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        program.save(str(tmp))
 
 
 def save_model(model: nn.Module, model_dir: Path, *, labels: list[str],
@@ -86,7 +76,7 @@ def save_model(model: nn.Module, model_dir: Path, *, labels: list[str],
 
 def save_json(path: Path, obj) -> None:
     try:
-        _atomic_write(path, json.dumps(obj, indent=2).encode())
+        write_bytes(path, json.dumps(obj, indent=2).encode())
     except OSError as exc:
         raise UserError(f"could not write {path}: {exc}") from None
 

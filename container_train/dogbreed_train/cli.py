@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 
+from dogbreed_contract.metrics import LineFormatter
+
 from . import config, errors, job_config, paths
 
 
@@ -35,9 +37,16 @@ def read_hyperparameters_file() -> dict:
     return job_config.read_object(path)
 
 
+def setup_logging() -> None:
+    """One line per record on stdout, in the form the metric regexes read
+    (dogbreed_contract.metrics): names from the data cannot start or change a line."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(LineFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     for noisy in ("onnx_ir", "onnxscript", "matplotlib", "torch.onnx", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)

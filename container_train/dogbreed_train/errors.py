@@ -5,9 +5,9 @@ FailureReason, so its first line must say what went wrong and what to do.
 """
 
 import logging
-import traceback
 
 from dogbreed_contract import ContractError
+from dogbreed_contract.metrics import escape
 
 from . import paths
 from .stopping import Stopped
@@ -46,25 +46,28 @@ def failure_reason() -> str:
 
 
 def report(exc: BaseException) -> int:
-    """Log and record a failure; return the process exit code."""
+    """Log and record a failure; return the process exit code.
+
+    The exception's text is escaped (names from the data may hold newlines), so the
+    failure file's first line is the whole message."""
+    text = escape(str(exc))
     if isinstance(exc, (UserError, ContractError)):
-        message = f"UserError: {exc}"
-        log.error(message)
+        message = f"UserError: {text}"
+        log.error("%s", message)
         code = 2
     elif isinstance(exc, Stopped):
-        message = f"Stopped: {exc}"
-        log.warning(message)
+        message = f"Stopped: {text}"
+        log.warning("%s", message)
         code = 143
     elif isinstance(exc, KeyboardInterrupt):
         message = "Interrupted: training was stopped before it finished."
-        log.error(message)
+        log.error("%s", message)
         code = 130
     else:
-        message = (
-            f"InternalError: {type(exc).__name__}: {exc}\n"
-            "This is likely a bug in the training image; the job log has the traceback."
-        )
-        log.error("%s\n%s", message, traceback.format_exc())
+        headline = f"InternalError: {type(exc).__name__}: {text}"
+        message = (f"{headline}\nThis is likely a bug in the training image; the job log "
+                   "has the traceback.")
+        log.error("%s", headline, exc_info=exc)
         code = 1
     write_failure(message)
     return code

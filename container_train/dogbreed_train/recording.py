@@ -37,6 +37,7 @@ from torch import nn
 
 from . import verdicts
 from .errors import UserError
+from .files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,8 @@ class Recorder:
     def _final_rules(self) -> None:
         self.rules.evaluate(self.stats)
         self.rules.report_unevaluated()
-        log.info(self.rules.summary())
+        for line in self.rules.summary_lines():  # a record each: reasons name classes
+            log.info("%s", line)
 
     @guarded
     def _close_writer(self) -> None:
@@ -309,6 +311,5 @@ class Recorder:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str, allow_nan=True))
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=str, allow_nan=True))

@@ -24,6 +24,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from .files import replacing
+
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
@@ -287,9 +289,8 @@ def build(out_dir: Path, target: Path | None = None) -> Path:
                                                   for r in predictions) / len(predictions)
                                               if predictions else None))
     target = Path(target) if target else out_dir / REPORT_FILE
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(target)
+    with replacing(target) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return target
 
 

@@ -386,11 +386,8 @@ def resume(trainer: Trainer, labels: list[str]) -> Progress:
     state = distributed.broadcast(world, state, world.device)
     if state is None:
         return Progress()
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.scaler.load_state_dict(state["scaler"])
-    checkpoints.set_rng_state(state["rng"])
+    checkpoints.restore(state, config.to_dict(trainer.hps), trainer.model, trainer.optimizer,
+                        trainer.scheduler, trainer.scaler, announce=world.main)
     trainer.bad_images.seen.update(state.get("bad_images", []))
     where = f"epoch {state['next_epoch']}"
     if state["next_step"]:

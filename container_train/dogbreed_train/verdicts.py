@@ -470,7 +470,8 @@ class RuleBook:
             where = f" {where}" if where else ""
         line = (f"RULE {verdict.rule} status={STATUS_CODE[verdict.status]} "
                 f"{verdict.status}{where}: {verdict.reason}")
-        (log.warning if verdict.status == ISSUES else log.info)(line)
+        # An argument, so that a class name in the reason is escaped (metrics.LineFormatter).
+        (log.warning if verdict.status == ISSUES else log.info)("%s", line)
         self.reported.add(verdict.rule)
 
     def report_unevaluated(self) -> None:
@@ -482,12 +483,12 @@ class RuleBook:
     def as_list(self) -> list[dict]:
         return [asdict(v) for v in self.verdicts.values()]
 
-    def summary(self) -> str:
+    def summary_lines(self) -> list[str]:
         width = max(len(n) for n in self.verdicts)
         lines = ["rule verdicts:"]
         lines += [f"  {v.rule:<{width}}  {v.status:<13}  {v.reason}"
                   for v in self.verdicts.values()]
-        return "\n".join(lines)
+        return lines
 
 
 def _plain(obj):

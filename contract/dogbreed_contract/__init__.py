@@ -9,7 +9,8 @@ and the host venv:
   ``model.onnx`` and the server reads, with a schema version;
 - ``media``: the content types the endpoint takes, their magic bytes and file suffixes;
 - ``layout``: the class-folder layout of a data channel;
-- ``metrics``: the METRIC log lines and the regexes SageMaker reads them with.
+- ``metrics``: the training log's line format (names escaped), its METRIC lines, the
+  regexes SageMaker reads them with, and where metrics.json holds the same values.
 
 Every refusal is a ``ContractError`` subclass, so callers catch a type, not a message.
 """

@@ -67,11 +67,15 @@ class ModelCard:
         """Write model.json atomically (a reader never sees half a card); return its path."""
         path = Path(model_dir) / FILE
         tmp = path.with_name(f".{FILE}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(self.to_dict(), indent=2).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(self.to_dict(), indent=2).encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk leaves no temporary file in the model
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod

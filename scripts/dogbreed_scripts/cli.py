@@ -9,15 +9,14 @@ from dogbreed_scripts import settings
 
 COMMANDS = ("data", "push", "tune", "train", "deploy", "invoke", "cleanup", "demo", "soak")
 # demo and soak print their own errors; the AWS steps turn known ones into one line.
+# Every command stops on SIGTERM as on Ctrl-C (settings.run).
 OWN_ERRORS = ("demo", "soak")
 
 
 def run(command: str, argv: list[str] | None = None) -> None:
     """Run `command`'s main() with `argv` (default: sys.argv[1:]) and exit with its code."""
     main = importlib.import_module(f"dogbreed_scripts.{command}").main
-    if command in OWN_ERRORS:
-        sys.exit(main(argv))
-    settings.run(main, argv)
+    settings.run(main, argv, own_errors=command in OWN_ERRORS)
 
 
 def main() -> None:

@@ -78,6 +78,9 @@ def extract(archive: Path, into: Path) -> Path:
 
 def find_root(folder: Path) -> Path:
     """The folder that holds train/: the folder itself or one level down (dogImages/)."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder: give the dataset's folder, the one "
+                          "with train/ valid/ test/ (or one level above it)")
     if (folder / "train").is_dir():
         return folder
     below = [d for d in folder.iterdir() if d.is_dir() and (d / "train").is_dir()]

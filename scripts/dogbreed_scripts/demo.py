@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -139,4 +138,6 @@ Next: README.md, "Going to AWS", runs the same two images on SageMaker.""")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dogbreed_scripts import settings
+
+    settings.run(main, own_errors=True)  # SIGTERM cleans up as Ctrl-C does

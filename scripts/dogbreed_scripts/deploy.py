@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -223,7 +222,8 @@ def local_tarball(ctx: Context, source: str | None) -> Path:
 
 
 def serve_local(ctx: Context) -> int:
-    """Start a local endpoint and keep it up until SIGINT/SIGTERM."""
+    """Start a local endpoint and keep it up until SIGINT/SIGTERM (settings.run turns
+    SIGTERM into KeyboardInterrupt)."""
     args, cfg = ctx.args, ctx.settings
     from dogbreed_scripts import local_endpoint
 
@@ -231,10 +231,6 @@ def serve_local(ctx: Context) -> int:
     added = [(name, local_tarball(ctx, source)) for name, source in added_models(args)]
     tarball = None if args.multi_model else local_tarball(ctx, None)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     name = args.endpoint_name or time.strftime("dogbreed-local-%Y%m%d-%H%M%S", time.gmtime())
     kind = "multi-model endpoint" if args.multi_model else "endpoint"
     print(f"==> local {kind} {name} with {cfg.local_serve_image}", flush=True)
@@ -304,18 +300,22 @@ def serve_local_detached(argv: list[str], ctx: Context, timeout: float = 600) ->
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        endpoint = ctx.reload().local_endpoint
-        if endpoint is not None and endpoint.pid == child.pid:
-            path = "/models/NAME/invoke" if endpoint.multi_model else "/invocations"
-            print(f"local endpoint {endpoint.name} serving at "
-                  f"http://127.0.0.1:{endpoint.port}{path} (pid {child.pid}, "
-                  f"log {log})\nstop it with: scripts/cleanup.py --local")
-            return 0
-        if child.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise ConfigError("the local endpoint did not start: " + " | ".join(tail))
-        time.sleep(1)
+    try:
+        while time.monotonic() < deadline:
+            endpoint = ctx.reload().local_endpoint
+            if endpoint is not None and endpoint.pid == child.pid:
+                path = "/models/NAME/invoke" if endpoint.multi_model else "/invocations"
+                print(f"local endpoint {endpoint.name} serving at "
+                      f"http://127.0.0.1:{endpoint.port}{path} (pid {child.pid}, "
+                      f"log {log})\nstop it with: scripts/cleanup.py --local")
+                return 0
+            if child.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise ConfigError("the local endpoint did not start: " + " | ".join(tail))
+            time.sleep(1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before it answered: it stops, too
+        child.terminate()  # its own SIGTERM handling removes the container
+        raise
     child.terminate()
     raise ConfigError(f"the local endpoint did not answer within {timeout:.0f} s; see {log}")
 

@@ -159,28 +159,34 @@ def _run(image: str, root: Path, name: str, mounted: Path, target: str,
 
     client = docker.from_env()
     try:
-        container = client.containers.run(
-            image, "serve", detach=True, name=name,
-            labels={LABEL: str(root.resolve())},
+        container = client.containers.create(
+            image, "serve", name=name, labels={LABEL: str(root.resolve())},
             volumes={str(mounted): {"bind": target, "mode": "ro"}},
             ports={"8080/tcp": ("127.0.0.1", None)}, environment=environment)
-        deadline = time.monotonic() + timeout
-        port = None
-        while time.monotonic() < deadline:
-            container.reload()
-            if container.status in ("exited", "dead"):
-                tail = container.logs(tail=5).decode(errors="replace").strip()
-                container.remove(force=True)
-                raise EndpointError(f"the serving container exited: {tail}")
-            bindings = (container.ports or {}).get("8080/tcp") or []
-            port = port or (int(bindings[0]["HostPort"]) if bindings else None)
-            if port and _ready(port):
-                return LocalEndpoint(name, container.id, port)
-            time.sleep(0.5)
-        container.remove(force=True)
-        raise EndpointError(f"the serving container did not answer within {timeout:.0f} s")
+        try:
+            container.start()
+            return _wait_until_ready(container, name, timeout)
+        except BaseException:  # it did not start, did not answer, or Ctrl-C/SIGTERM came
+            container.remove(force=True)
+            raise
     finally:
         client.close()
+
+
+def _wait_until_ready(container, name: str, timeout: float) -> LocalEndpoint:
+    deadline = time.monotonic() + timeout
+    port = None
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            tail = container.logs(tail=5).decode(errors="replace").strip()
+            raise EndpointError(f"the serving container exited: {tail}")
+        bindings = (container.ports or {}).get("8080/tcp") or []
+        port = port or (int(bindings[0]["HostPort"]) if bindings else None)
+        if port and _ready(port):
+            return LocalEndpoint(name, container.id, port)
+        time.sleep(0.5)
+    raise EndpointError(f"the serving container did not answer within {timeout:.0f} s")
 
 
 def _ready(port: int) -> bool:

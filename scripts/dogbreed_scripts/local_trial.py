@@ -4,7 +4,9 @@ The container is laid out and started as SageMaker would start a training job
 (config files under input/config, one read-only folder per channel, the `train`
 command), with its own share of the machine. Its log is streamed line by line
 into the trial's log file, and each METRIC line is read with the image's published
-metric regexes, so that the tuner can prune a trial between epochs.
+metric regexes (anchored on the program's own lines, as SageMaker reads them), so
+that the tuner can prune a trial between epochs. A trial's objective is the value
+the job wrote to output/data/metrics.json, never free log text.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from dogbreed_contract import metrics as contract_metrics
 
 DOCKER = shutil.which("docker", path="/usr/bin") or shutil.which("docker") or "docker"
 # Every trial container carries this label, its value the tuning job's folder: what a
@@ -40,17 +44,19 @@ class Share:
 @dataclass
 class Outcome:
     status: str                  # Completed, Pruned, Failed or Stopped (interrupted)
-    objective: float | None      # the last value logged (SageMaker's final metric value)
+    objective: float | None      # metrics.json's final value; the last one logged if none
     failure_reason: str
     started: float
     ended: float
 
 
 class Metrics:
-    """The objective and the epoch number, read from log lines with the image's regexes."""
+    """The objective and the epoch number, read from log lines with the image's regexes
+    (for pruning between epochs), and the objective's final value from the record."""
 
     def __init__(self, definitions: list[dict[str, str]], objective: str):
         regex = {d["Name"]: re.compile(d["Regex"]) for d in definitions}
+        self.name = objective
         self.objective = regex[objective]
         self.epoch = regex.get("epoch")
 
@@ -59,6 +65,14 @@ class Metrics:
         epoch = self.epoch.search(line) if self.epoch else None
         return (float(value.group(1)) if value else None,
                 int(epoch.group(1)) if epoch else None)
+
+    def final(self, opt_ml: Path) -> float | None:
+        """The objective's last value in the job's output/data/metrics.json."""
+        try:
+            record = json.loads((opt_ml / "output" / "data" / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return contract_metrics.final_value(self.name, record)
 
 
 def lay_out(folder: Path, hyperparameters: dict[str, str], channels: list[str]) -> Path:
@@ -136,10 +150,11 @@ class TrialContainer:
         if code != 0:
             return Outcome("Failed", value, failure_reason(self.opt_ml, code, last),
                            started, ended)
-        if value is None:
-            return Outcome("Failed", None, "the objective metric never appeared in the log",
-                           started, ended)
-        return Outcome("Completed", value, "", started, ended)
+        final = metrics.final(self.opt_ml)
+        if final is None:
+            return Outcome("Failed", value, f"the job wrote no finite {metrics.name} to "
+                           "output/data/metrics.json", started, ended)
+        return Outcome("Completed", final, "", started, ended)
 
     def stop(self) -> None:
         self.stopping = True

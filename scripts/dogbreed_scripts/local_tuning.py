@@ -15,10 +15,13 @@ tuner's (tuning_report.py), so train.py takes best.json from either.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -29,6 +32,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from dogbreed_contract import metrics as contract_metrics
 from dogbreed_scripts import local_trial, settings, tuning_report
 from dogbreed_scripts.context import Context
 from dogbreed_scripts.settings import ConfigError
@@ -36,6 +40,7 @@ from dogbreed_scripts.settings import ConfigError
 # SageMaker's scaling names for the report's ParameterRanges.
 SCALING_TYPE = {"Logarithmic": "Logarithmic", "ReverseLogarithmic": "ReverseLogarithmic",
                 "Linear": "Linear", "Auto": "Auto"}
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a folder under WORKDIR/tuning, no path
 RANGE_KEY = {"continuous": "ContinuousParameterRanges", "integer": "IntegerParameterRanges",
              "categorical": "CategoricalParameterRanges"}
 
@@ -85,6 +90,10 @@ def new_plan(args: argparse.Namespace, cfg, ranges: dict[str, tuple[str, list]],
     if args.objective not in names:
         raise ConfigError(f"objective {args.objective!r} is not a metric the training image "
                           f"logs (one of: {', '.join(names)})")
+    if args.objective not in contract_metrics.RECORDED:
+        raise ConfigError(f"objective {args.objective!r}: a local trial's objective is read "
+                          "from the metrics.json the job writes, which holds "
+                          f"{', '.join(contract_metrics.RECORDED)}")
     if args.strategy == "Grid" and any(k != "categorical" for k, _ in ranges.values()):
         raise ConfigError("--strategy Grid needs categorical ranges only (cat:A,B,C), "
                           "as on SageMaker")
@@ -94,9 +103,8 @@ def new_plan(args: argparse.Namespace, cfg, ranges: dict[str, tuple[str, list]],
     layout = data_step.check_layout(root)
     gpu_ids = gpus()
     cores = os.cpu_count() or 1
-    parallel = args.max_parallel_jobs or default_parallelism(gpu_ids, cores)
-    if parallel < 1:
-        raise ConfigError("--max-parallel-jobs must be at least 1")
+    parallel = (default_parallelism(gpu_ids, cores) if args.max_parallel_jobs is None
+                else args.max_parallel_jobs)  # 0 is refused by tune.check_args
     if gpu_ids and parallel > len(gpu_ids):
         raise ConfigError(f"--max-parallel-jobs {parallel}: this host has {len(gpu_ids)} "
                           "GPU(s), one per trial")
@@ -173,15 +181,53 @@ def storage_url(job_dir: Path) -> str:
     return f"sqlite:///{job_dir / 'study.db'}"
 
 
+# What every stored plan holds (new_plan's keys); a plan without them is not this tuner's.
+PLAN_KEYS = ("image", "data", "ranges", "static", "objective", "objective_type", "strategy",
+             "early_stopping", "max_jobs", "parallel", "cpus_per_trial", "gpus", "seed",
+             "metric_definitions")
+
+
+def check_study_file(job: str, db: Path) -> None:
+    """--resume: one line, before Optuna opens (and would write to) the file, when
+    study.db is not a study this tuner wrote: damaged, empty, or another program's."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"--resume {job}: {db} is not a study of a local tuning job "
+                           f"({why}); start a new job without --resume")
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"studies", "study_user_attributes"} <= tables:
+                raise refuse("an empty file" if not tables else "it holds another program's "
+                             f"tables: {', '.join(sorted(tables)[:3])}")
+            names = {row[0] for row in con.execute("SELECT study_name FROM studies")}
+    except sqlite3.DatabaseError as exc:
+        raise refuse(f"not a readable SQLite file: {exc}") from None
+    if job not in names:
+        raise refuse(f"it holds no study named {job}")
+
+
+def stored_plan(job: str, url: str) -> dict:
+    """The plan a study was started with (check_study_file first)."""
+    try:
+        plan = json.loads(optuna.load_study(study_name=job, storage=url).user_attrs["plan"])
+    except Exception as exc:  # noqa: BLE001 - Optuna's and SQLAlchemy's errors alike
+        raise ConfigError(f"--resume {job}: its study cannot be read ({type(exc).__name__}); "
+                          "start a new job without --resume") from None
+    if not (isinstance(plan, dict) and all(k in plan for k in PLAN_KEYS)):
+        raise ConfigError(f"--resume {job}: its study holds no complete plan; start a new "
+                          "job without --resume")
+    return plan
+
+
 def open_study(job: str, job_dir: Path, plan: dict | None):
     """Create the study (plan given) or load it (plan None: --resume); (study, plan)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(job_dir)
     if plan is None:
-        if not (job_dir / "study.db").is_file():
-            raise ConfigError(f"--resume {job}: no study at {job_dir / 'study.db'}")
-        stored = optuna.load_study(study_name=job, storage=url).user_attrs
-        plan = json.loads(stored["plan"])
+        check_study_file(job, job_dir / "study.db")
+        plan = stored_plan(job, url)
     direction = "maximize" if plan["objective_type"] == "Maximize" else "minimize"
     study = optuna.create_study(study_name=job, storage=url, direction=direction,
                                 sampler=sampler(plan), pruner=pruner(plan),
@@ -401,6 +447,9 @@ def main(ctx: Context, ranges: dict | None, static: dict[str, str]) -> int:
     workdir = ctx.workdir.resolve()
     if args.resume:
         job, plan = args.resume, None
+        if not JOB_NAME.fullmatch(job):
+            raise ConfigError(f"--resume {job!r}: not a job name (a name in "
+                              f"{workdir / 'tuning'}, such as dogbreed-hpo-local-...)")
         job_dir = workdir / "tuning" / job
         if not (job_dir / "study.db").is_file():
             raise ConfigError(f"--resume {job}: no study at {job_dir / 'study.db'}")

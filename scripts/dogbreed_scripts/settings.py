@@ -20,7 +20,9 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,7 +249,24 @@ def metric_definitions(path: Path | None = None) -> list[dict[str, str]]:
     """The regexes for the training image's log lines (the contract's), or a file's own."""
     if path is None:
         return contract_metrics.definitions()
-    return json.loads(Path(path).read_text())
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"--metric-definitions {path}: cannot be read as JSON ({reason})") \
+            from None
+    if not (isinstance(found, list) and found and all(
+            isinstance(d, dict) and isinstance(d.get("Name"), str)
+            and isinstance(d.get("Regex"), str) for d in found)):
+        raise ConfigError(f"--metric-definitions {path}: expected a JSON list of "
+                          '{"Name": ..., "Regex": ...} objects')
+    for d in found:
+        try:
+            re.compile(d["Regex"])
+        except re.error as exc:
+            raise ConfigError(f"--metric-definitions {path}: the regex of {d['Name']!r} is "
+                              f"not valid ({exc})") from None
+    return found
 
 
 def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, str]:
@@ -294,15 +313,36 @@ def describe_error(exc: BaseException) -> str | None:
     return None
 
 
-def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a script's main(); known errors become one line on stderr and exit 1."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as `timeout`, systemd and CI runners send it: handled as Ctrl-C is, so
+    every command removes the containers and child processes it started on its way out."""
+
+
+def stop_on_sigterm() -> None:
+    """From now on a SIGTERM raises Terminated in the main thread; a second one while
+    the clean-up runs is ignored (a SIGKILL still ends the process)."""
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+        own_errors: bool = False) -> None:
+    """Run a script's main() and exit with its code. Ctrl-C and SIGTERM stop it (130,
+    143); known errors become one line on stderr and exit 1 (unless own_errors: the
+    command reports its own)."""
+    stop_on_sigterm()
     try:
         code = main(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+        code = 143 if terminated else 130
     except Exception as exc:  # noqa: BLE001 - only known errors are shortened
-        message = describe_error(exc)
+        message = None if own_errors else describe_error(exc)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

@@ -25,7 +25,6 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -271,19 +270,22 @@ def soak(url: str, requests_total: int = 1000, concurrency: int = 8, bad_fractio
 def start_container(image: str, model_dir: Path, *extra: str) -> tuple[str, str]:
     cid = docker("run", "-d", "-p", "127.0.0.1:0:8080", "-v", f"{model_dir}:/opt/ml/model:ro",
                  *extra, image, "serve").strip()
-    port = docker("port", cid, "8080").splitlines()[0].rsplit(":", 1)[1]
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return cid, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    logs = docker("logs", cid, check=False)
-    docker("rm", "-f", cid, check=False)
-    raise RuntimeError(f"container never became ready:\n{logs[-2000:]}")
+    try:
+        port = docker("port", cid, "8080").splitlines()[0].rsplit(":", 1)[1]
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    return cid, url
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        logs = docker("logs", cid, check=False)
+        raise RuntimeError(f"container never became ready:\n{logs[-2000:]}")
+    except BaseException:  # not ready, or Ctrl-C/SIGTERM while waiting: never left running
+        docker("rm", "-f", cid, check=False)
+        raise
 
 
 def worker_deaths(container: str) -> int:
@@ -371,4 +373,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dogbreed_scripts import settings
+
+    settings.run(main, own_errors=True)  # SIGTERM cleans up as Ctrl-C does

@@ -47,13 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override or add (or 'off') one hyperparameter range; repeatable")
     p.add_argument("--static", action="append", metavar="NAME=VALUE",
                    help="a fixed hyperparameter for every trial; repeatable")
-    p.add_argument("--objective", default="valid:accuracy",
-                   help="metric to optimise (default: %(default)s)")
+    p.add_argument("--objective", default=None,
+                   help="metric to optimise (default: valid:accuracy)")
     p.add_argument("--objective-type", choices=["Maximize", "Minimize"], default=None,
                    help="default: Minimize for *loss metrics, else Maximize")
     p.add_argument("--strategy", choices=["Bayesian", "Random", "Hyperband", "Grid"],
-                   default="Bayesian", help="search strategy (default: %(default)s)")
-    p.add_argument("--max-jobs", type=int, default=8, help="trials in all (default: 8)")
+                   default=None, help="search strategy (default: Bayesian)")
+    p.add_argument("--max-jobs", type=int, default=None, help="trials in all (default: 8)")
     p.add_argument("--max-parallel-jobs", type=int, default=None,
                    help="trials at the same time (default: 2; with --local, one per GPU, "
                         "else one per 4 CPU cores)")
@@ -85,10 +85,42 @@ def parse_args(argv=None) -> argparse.Namespace:
                                "train_repository", "tag", "local_train_image",
                                "train_instance_type", "workdir"])
     args = p.parse_args(argv)
+    check_args(args)
+    args.objective = args.objective or "valid:accuracy"
+    args.strategy = args.strategy or "Bayesian"
+    args.max_jobs = 8 if args.max_jobs is None else args.max_jobs
     if not args.local:
-        args.max_parallel_jobs = args.max_parallel_jobs or 2
+        args.max_parallel_jobs = 2 if args.max_parallel_jobs is None else args.max_parallel_jobs
         args.early_stopping = args.early_stopping or "Off"
     return args
+
+
+# What a local tuning job stores when it starts (local_tuning.new_plan): --resume runs
+# the search as stored, so these cannot be given with it.
+STORED_IN_PLAN = {"ranges": "--range", "static": "--static", "data": "--data",
+                  "objective": "--objective", "objective_type": "--objective-type",
+                  "strategy": "--strategy", "early_stopping": "--early-stopping",
+                  "max_jobs": "--max-jobs", "max_parallel_jobs": "--max-parallel-jobs",
+                  "seed": "--seed", "metric_definitions": "--metric-definitions"}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, in one line, what parses but cannot be meant (flags left None when not
+    given, so that a 0 is never taken for "the default")."""
+    for name in ("max_jobs", "max_parallel_jobs", "instance_count", "max_run"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    if not args.local:
+        given = [f for f, v in (("--resume", args.resume), ("--seed", args.seed)) if v is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                              "for --local tuning only")
+    elif args.resume:
+        given = [flag for name, flag in STORED_IN_PLAN.items() if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"--resume {args.resume} goes on with the search as it was "
+                              f"started, with its stored settings: drop {', '.join(given)}")
 
 
 def parse_range(name: str, spec: str) -> tuple[str, list] | None:

@@ -3,7 +3,6 @@
 import json
 import logging
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -89,7 +88,8 @@ def test_rulebook_is_sticky_and_logs_each_change_as_a_metric(caplog):
     assert book.verdicts["LossNotDecreasing"].first == {"epoch": 2, "step": 49}
     regex = next(d["Regex"] for d in metrics.definitions()
                  if d["Name"] == "rule:LossNotDecreasing")
-    assert [int(v) for v in re.findall(regex, caplog.text)] == [0, 1]
+    log = "\n".join(metrics.LineFormatter().format(r) for r in caplog.records)  # the job's lines
+    assert [int(v) for v in metrics.values(regex, log)] == [0, 1]
     json.dumps(book.as_list())  # JSON-ready
 
 
