@@ -16,12 +16,21 @@ from PIL import Image
 
 from dogbreed_scripts.malformed import encode, photo, png_raw
 
-__all__ = ["encode", "photo", "png_with_size", "images", "mutated"]
+__all__ = ["encode", "photo", "png_with_size", "turned_16_bit_png", "images", "mutated"]
 
 
 def png_with_size(width: int, height: int) -> bytes:
     """A valid PNG header claiming `width` x `height`, with a tiny compressed body."""
     return png_raw(width, height, zlib.compress(b"\0" * 1000), color=0)
+
+
+def turned_16_bit_png() -> bytes:
+    """A 300x200 16-bit grey PNG turned by its EXIF orientation: its decode goes through
+    every step (read, rotation, 16-bit conversion, mode conversion)."""
+    img = Image.fromarray(np.arange(300 * 200, dtype=np.uint16).reshape(200, 300) * 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(img, "PNG", exif=exif)
 
 
 @st.composite

@@ -1,19 +1,33 @@
-"""dogbreed_contract on the host: the model card, image types, the channel layout, metric lines.
+"""dogbreed_contract on the host: the model card, image types, the channel layout, metric
+lines, and preprocess's hooks for serving (formats, an open image, check, strips).
 
 The same package is installed in both images; these tests pin what each side relies on.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 
+import numpy as np
 import pytest
-from images import encode, photo
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from images import encode, photo, png_with_size, turned_16_bit_png
+from PIL import Image
 
-from dogbreed_contract import LayoutError, ModelCardError, SchemaVersionError, layout, media
+from dogbreed_contract import (
+    LayoutError,
+    ModelCardError,
+    SchemaVersionError,
+    layout,
+    media,
+    preprocess,
+)
 from dogbreed_contract import metrics as metric_lines
+from dogbreed_contract.errors import DecodeStopped, ImageTooLarge, UnreadableImage
 from dogbreed_contract.model_card import FILE, SCHEMA_VERSION, ModelCard
 from dogbreed_contract.preprocess import Spec
 
@@ -215,3 +229,87 @@ def test_final_values_come_from_the_job_record():
     assert metric_lines.final_value("valid:accuracy", {"history": []}) is None
     assert metric_lines.final_value("test:loss", {"test": None}) is None
     assert set(metric_lines.RECORDED) < {d["Name"] for d in metric_lines.definitions()}
+
+
+# --- preprocess: the hooks serving decodes with, and the conversion both images run
+
+def float64_8bit(img: Image.Image) -> np.ndarray:
+    """A wide image (16/32-bit grey) to 8 bits in one float64 array: the arithmetic
+    preprocess.to_8bit must reproduce strip by strip."""
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        return np.clip(arr * 255.0, 0, 255).astype(np.uint8)
+    arr = np.asarray(img, dtype=np.float64)
+    peak = 65535.0 if arr.max() > 255 else 255.0
+    return np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
+
+
+@st.composite
+def wide_images(draw) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale images, with values outside 0-255
+    (and NaN and infinities for floats)."""
+    mode = draw(st.sampled_from(["I;16", "I", "F"]))
+    h, w = draw(st.integers(1, 60)), draw(st.integers(1, 60))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if mode == "I;16":
+        peak = draw(st.sampled_from([255, 65535]))
+        return Image.fromarray(rng.integers(0, peak + 1, (h, w), dtype=np.uint16))
+    if mode == "I":
+        return Image.fromarray(rng.integers(-70000, 70000, (h, w), dtype=np.int32))
+    arr = rng.uniform(-0.5, 1.5, (h, w)).astype(np.float32)
+    arr.flat[rng.integers(0, arr.size, 3)] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return Image.fromarray(arr)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(img=wide_images(), strip_pixels=st.integers(1, 4000))
+def test_wide_images_convert_in_strips_exactly_as_in_one_float64_array(img, strip_pixels):
+    """to_8bit (training's and serving's, strip by strip) against the whole image in
+    float64: the same pixels, bit for bit, wherever the strips end."""
+    checks = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preprocess, "STRIP_PIXELS", strip_pixels)
+        out = preprocess.to_8bit(img, check=lambda: checks.append(1))
+    assert out.mode == "L"
+    assert np.array_equal(np.asarray(out), float64_8bit(img))
+    rows = max(1, strip_pixels // img.width)
+    assert len(checks) == -(-img.height // rows)  # once per strip
+
+
+def test_an_open_image_decodes_as_its_bytes_do_with_check_between_steps():
+    """Serving's way in: open_image, then load_rgb of the open image with a check,
+    gives training's pixels; the check runs after the load, the rotation, each strip
+    of the 16-bit conversion, the conversion and the mode conversion."""
+    body = turned_16_bit_png()
+    checks = []
+    img = preprocess.open_image(io.BytesIO(body), formats=("PNG",))
+    rgb = preprocess.load_rgb(img, check=lambda: checks.append(1))
+    assert rgb.mode == "RGB" and rgb.size == (200, 300)
+    assert np.array_equal(np.asarray(rgb), np.asarray(preprocess.load_rgb(body)))
+    assert len(checks) == 5
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3, 4, 5])
+def test_a_check_that_stops_the_decode_is_not_an_image_error(stop_at):
+    """What check() raises to stop a decode (serving's deadline) reaches the caller as
+    itself, whichever step it stops: never as UnreadableImage."""
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise DecodeStopped
+    img = preprocess.open_image(turned_16_bit_png())
+    with pytest.raises(DecodeStopped) as info:
+        preprocess.load_rgb(img, check=check)
+    assert not isinstance(info.value, ValueError)
+
+
+def test_open_image_tries_only_the_given_formats_and_refuses_too_many_pixels():
+    png = encode(photo(32, 24), "PNG")
+    assert preprocess.open_image(png, formats=("PNG",)).format == "PNG"
+    with pytest.raises(UnreadableImage):
+        preprocess.open_image(png, formats=("JPEG",))
+    with pytest.raises(ImageTooLarge, match=re.escape(
+            "image too large: 7000x7000 pixels, the limit is 40,000,000 pixels")):
+        preprocess.open_image(png_with_size(7000, 7000))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from images import images, mutated
+from images import images, mutated, turned_16_bit_png
 from PIL import Image
 
 from conftest import ROOT
@@ -209,28 +209,18 @@ def test_decoding_stops_at_its_deadline(clock, monkeypatch):
     assert round(clock.now / 0.02) < reads_in_all, reads_in_all
 
 
-# A 16-bit grey PNG turned by its EXIF orientation: its decode goes through every step.
-def _turned_16_bit_png() -> bytes:
-    img = Image.fromarray(np.arange(300 * 200, dtype=np.uint16).reshape(200, 300) * 3)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    buf = io.BytesIO()
-    img.save(buf, "PNG", exif=exif)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("step", ["reading", "EXIF rotation", "16-bit conversion",
                                   "mode conversion", "resizing"])
 def test_the_deadline_bounds_every_step_of_a_decode(clock, monkeypatch, step):
     """On a CPU where one step of the decode is slow (1 s here), a 0.05 s deadline
     still refuses the request, whichever step it is: the deadline is checked after
     each one, not only between Pillow's reads of the body."""
-    body = _turned_16_bit_png()
+    body = turned_16_bit_png()
     assert decoding.decode(body, "image/png", SPECS[0], timeout_s=0.05).shape == (3, 64, 64)
     where, name = {"reading": (decoding.DeadlineReader, "read"),
-                   "EXIF rotation": (decoding.ImageOps, "exif_transpose"),
-                   "16-bit conversion": (decoding, "to_8bit"),
-                   "mode conversion": (decoding, "to_rgb"),
+                   "EXIF rotation": (preprocess.ImageOps, "exif_transpose"),
+                   "16-bit conversion": (preprocess, "to_8bit"),
+                   "mode conversion": (preprocess, "opaque_rgb"),
                    "resizing": (decoding, "eval_array")}[step]
     monkeypatch.setattr(where, name, clock.taking(1.0, getattr(where, name)))
 
@@ -251,7 +241,7 @@ def test_waiting_for_decode_memory_is_not_counted_as_decoding(clock, monkeypatch
     budget = memory.DecodeMemory.in_run_dir(str(tmp_path))
     body = malformed.png_zeros(6000, 6000)  # 36 megapixels: it reserves 206 MiB
     monkeypatch.setattr(budget, "reserve", clock.taking(0.04, budget.reserve))
-    monkeypatch.setattr(decoding, "to_rgb", clock.taking(0.03, decoding.to_rgb))
+    monkeypatch.setattr(preprocess, "to_rgb", clock.taking(0.03, preprocess.to_rgb))
     assert decoding.decode(body, "image/png", SPECS[0], 0.05, budget).shape == (3, 64, 64)
 
     monkeypatch.setattr(decoding, "eval_array", clock.taking(0.03, decoding.eval_array))
@@ -265,8 +255,9 @@ def test_waiting_for_decode_memory_is_not_counted_as_decoding(clock, monkeypatch
        bright=st.booleans(), orientation=st.integers(0, 8))
 def test_16_bit_images_decode_exactly_as_training_evaluates_them(seed, w, h, bright,
                                                                   orientation):
-    """decoding.to_8bit (strips, no float64 copies of the whole image) against
-    preprocess.load_eval_array (training's evaluation): the same array, bit for bit."""
+    """The endpoint's decode (its own limits, deadline and memory around the contract's
+    steps) against preprocess.load_eval_array (training's evaluation): the same array,
+    bit for bit."""
     rng = np.random.default_rng(seed)
     peak = 65535 if bright else 255
     img = Image.fromarray(rng.integers(0, peak + 1, (h, w), dtype=np.uint16))
@@ -281,12 +272,15 @@ def test_16_bit_images_decode_exactly_as_training_evaluates_them(seed, w, h, bri
 
 
 def test_16_bit_conversion_memory_is_a_fraction_of_float64s():
-    """A 16-bit 4000x2500 grey PNG: peak resident memory of decode() vs training's
-    to_rgb (float64 copies), each in a fresh process."""
+    """A 16-bit 4000x2500 grey PNG: peak resident memory of decode() and of training's
+    load_eval_array (both convert in strips) vs the same arithmetic on the whole image
+    as float64 arrays, each in a fresh process."""
     import subprocess
 
     probe = """
 import sys
+import numpy as np
+from PIL import Image
 from dogbreed_serve import decoding
 from dogbreed_contract import preprocess
 from dogbreed_scripts import malformed
@@ -296,17 +290,23 @@ def hwm():
 base = hwm()
 if sys.argv[1] == "serving":
     decoding.decode(body, "image/png", decoding.Spec())
-else:
+elif sys.argv[1] == "training":
     preprocess.load_eval_array(body, decoding.Spec())
+else:
+    arr = np.asarray(preprocess.open_image(body), dtype=np.float64)
+    peak = 65535.0 if arr.max() > 255 else 255.0
+    img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8))
+    preprocess.eval_array(img.convert("RGB"), decoding.Spec())
 print(hwm() - base)
 """
     peaks = {}
-    for which in ("serving", "training"):
+    for which in ("serving", "training", "float64"):
         out = subprocess.run([sys.executable, "-c", probe, which], capture_output=True,
                              text=True, check=True, cwd=ROOT / "tests")
         peaks[which] = int(out.stdout.split()[-1]) * 1024 / 10_000_000  # bytes per pixel
     assert peaks["serving"] <= decoding.PEAK_BYTES_PER_PIXEL["I;16"], peaks
-    assert peaks["serving"] < peaks["training"] / 2, peaks
+    assert peaks["serving"] < peaks["float64"] / 2, peaks
+    assert peaks["training"] < peaks["float64"] / 2, peaks
 
 
 def test_decode_memory_is_shared_and_released_by_a_killed_process(tmp_path):

@@ -1,7 +1,7 @@
 """From an HTTP request to model input, or a 4xx that says what was wrong.
 
-Every failure becomes a ``ClientError`` whose message is written here, never a
-library's own text: Pillow's messages carry object addresses (``<_io.BytesIO object
+Every failure becomes a ``ClientError`` whose message is written here (or, for an
+image over MAX_PIXELS, in the contract's preprocess), never a library's own text: Pillow's messages carry object addresses (``<_io.BytesIO object
 at 0x7f...>``) and their own limits. The work a request may cost is bounded before
 anything is decoded, and again while it decodes (docs/hardening.md):
 
@@ -19,12 +19,12 @@ anything is decoded, and again while it decodes (docs/hardening.md):
 - memory: an image whose decoding needs more than a few MiB reserves that much of
   the container's decode memory first (memory.py), and waits its turn if others hold it.
 
-The accepted content types and magic bytes are the contract's (dogbreed_contract.media).
-Each body is opened once. Decoding then follows preprocess.load_eval_array step by
-step (the same draft, load and to_rgb, then eval_array), so the endpoint sees exactly
-what training's evaluation saw; only 16-bit images are brought to 8 bits here, in
-strips, with the same arithmetic as preprocess.to_rgb but without full-size float64
-copies.
+The accepted content types and magic bytes are the contract's (dogbreed_contract.media),
+and so is the decoding itself: each body is opened once (preprocess.open_image), then
+drafted, decoded to RGB and resized by the functions training's evaluation runs
+(preprocess.draft, load_rgb, eval_array), with the deadline as their ``check``. The
+endpoint sees exactly what training's evaluation saw; what this module adds is the
+HTTP side: the media type, the limits, the deadline, the memory, and the answer.
 """
 
 from __future__ import annotations
@@ -38,15 +38,23 @@ import warnings
 from contextlib import nullcontext
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from dogbreed_contract.errors import DecodeStopped, ImageTooLarge, UnreadableImage
 from dogbreed_contract.media import (
     ACCEPTED_TYPES,
     SNIFFED_TYPES,
     media_type,
     sniff,
 )
-from dogbreed_contract.preprocess import MAX_PIXELS, Spec, eval_array, to_rgb
+from dogbreed_contract.preprocess import (
+    MAX_PIXELS,
+    Spec,
+    draft,
+    eval_array,
+    load_rgb,
+    open_image,
+)
 
 from .memory import DecodeMemory, MemoryBusy, NotEnoughMemory
 
@@ -88,8 +96,9 @@ class ClientError(Exception):
         self.status, self.message = status, message
 
 
-class DecodeTimeout(Exception):
-    """Raised once the request's decode deadline has passed (also inside Pillow's reads)."""
+class DecodeTimeout(DecodeStopped):
+    """Raised once the request's decode deadline has passed (also inside Pillow's reads);
+    preprocess lets it through as it is."""
 
 
 class Deadline:
@@ -125,11 +134,6 @@ def shown(value: str, limit: int = 40) -> str:
     """A client's own text, safe to echo back: ASCII only, and short."""
     value = ascii(value)[1:-1]
     return value if len(value) <= limit else value[:limit] + "..."
-
-
-def too_large(width: int, height: int) -> ClientError:
-    return ClientError(413, f"image too large: {width}x{height} pixels, the limit is "
-                            f"{MAX_PIXELS:,} pixels")
 
 
 # The end of a JPEG scan's entropy-coded data: 0xFF followed by anything but a
@@ -188,34 +192,28 @@ def check_png_structure(body: bytes) -> None:
         pos += 12 + length
 
 
-def open_image(body: bytes, fmt: str, deadline: Deadline) -> Image.Image:
-    """Check the file's structure, then open it (headers only) with the deadline reader."""
+def open_body(body: bytes, fmt: str, deadline: Deadline) -> Image.Image:
+    """Check the file's structure, then open it (headers only) with the deadline reader.
+    Images over MAX_PIXELS are refused here (preprocess.open_image: ImageTooLarge)."""
     (check_jpeg_structure if fmt == "JPEG" else check_png_structure)(body)
     try:
-        img = Image.open(DeadlineReader(body, deadline), formats=(fmt,))
-        if fmt == "PNG":
-            img.decodermaxblock = PNG_READ_BLOCK
-        return img
-    except DecodeTimeout:
-        raise
-    except Image.DecompressionBombError:
-        # Pillow refuses to open above 2 x MAX_IMAGE_PIXELS; our limit is lower anyway.
-        raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} pixels") from None
-    except Exception:  # noqa: BLE001 - any failure to parse the header is the client's
+        img = open_image(DeadlineReader(body, deadline), formats=(fmt,))
+    except UnreadableImage:  # any failure to parse the header is the client's
         raise ClientError(400, UNREADABLE) from None
+    if fmt == "PNG":
+        img.decodermaxblock = PNG_READ_BLOCK
+    return img
 
 
 def check_dimensions(width: int, height: int, spec: Spec) -> None:
-    """Refuse, from the header alone, images whose decoding or resizing is unbounded.
+    """Refuse, from the header alone, images whose resizing is unbounded.
 
     The evaluation transform scales the shorter side to ``spec.resize_size`` before
     it crops, so a 1x65000 image would become a 73x4,745,000 intermediate (GBs).
-    Both the image and that intermediate must stay within MAX_PIXELS.
+    Like the image itself (open_body), that intermediate must stay within MAX_PIXELS.
     """
     if width < 1 or height < 1:
         raise ClientError(400, f"image has no pixels ({width}x{height})")
-    if width * height > MAX_PIXELS:
-        raise too_large(width, height)
     short, long_ = sorted((width, height))
     if spec.resize_size * (spec.resize_size * long_ / short) > MAX_PIXELS:
         ratio = MAX_PIXELS // spec.resize_size**2
@@ -223,11 +221,11 @@ def check_dimensions(width: int, height: int, spec: Spec) -> None:
                                f"at most {ratio} times its shorter side")
 
 
-# Peak memory of load() + to_rgb() per pixel of the (drafted) image, by the mode
+# Peak memory of preprocess.load_rgb per pixel of the (drafted) image, by the mode
 # Pillow opens it in. Measured (peak resident memory) on 20-megapixel PNGs: L, P and 1
-# 5.3 bytes, RGB 4.3, P with transparency 17, RGBA and LA 20, 16-bit grey 7 (26 with
-# preprocess.to_rgb's float64 arrays). The figures below add one more copy of the
-# decoded image, which an EXIF rotation makes (docs/hardening.md).
+# 5.3 bytes, RGB 4.3, P with transparency 17, RGBA and LA 20, 16-bit grey 7 (26 when
+# converted to 8 bits in one float64 array, not in strips). The figures below add one
+# more copy of the decoded image, which an EXIF rotation makes (docs/hardening.md).
 PEAK_BYTES_PER_PIXEL = {"1": 6, "L": 6, "P": 6, "RGB": 9, "CMYK": 12, "LA": 21, "PA": 21,
                         "RGBA": 21, "I;16": 9, "I;16B": 9, "I;16L": 9, "I": 13}
 
@@ -236,49 +234,6 @@ def decode_bytes(img: Image.Image) -> int:
     """What decoding ``img`` and bringing it to RGB costs at its peak, in bytes."""
     mode = "RGBA" if img.mode == "P" and "transparency" in img.info else img.mode
     return img.width * img.height * PEAK_BYTES_PER_PIXEL.get(mode, 21)
-
-
-# Rows of a 16-bit image converted at once: about a megapixel, 8 MB of float64.
-STRIP_PIXELS = 1 << 20
-
-
-def to_8bit(img: Image.Image, deadline: Deadline) -> Image.Image:
-    """A 16- or 32-bit greyscale image to 8-bit 'L', exactly as preprocess.to_rgb does it.
-
-    The same expression (``clip(v * (255 / peak), 0, 255)`` in float64, then uint8),
-    strip by strip, checking the deadline between strips: a 40-megapixel image needs a
-    few MiB of float64 instead of three full-size copies (about 1 GB). EXIF orientation
-    must be applied before (load_rgb does), since the new image carries no metadata.
-    """
-    arr = np.asarray(img)
-    peak = 65535.0 if arr.max() > 255 else 255.0
-    out = np.empty(arr.shape, np.uint8)
-    rows = max(1, STRIP_PIXELS // max(1, arr.shape[1]))
-    for top in range(0, arr.shape[0], rows):
-        deadline.check()
-        strip = arr[top:top + rows].astype(np.float64)
-        out[top:top + rows] = np.clip(strip * (255.0 / peak), 0, 255).astype(np.uint8)
-    return Image.fromarray(out)
-
-
-def draft(img: Image.Image, spec: Spec) -> None:
-    """Decode a JPEG at 1/2, 1/4 or 1/8 scale, as preprocess.load_rgb(min_side=resize_size)."""
-    if img.format == "JPEG":
-        img.draft("RGB", (spec.resize_size, spec.resize_size))
-
-
-def load_rgb(img: Image.Image, deadline: Deadline) -> Image.Image:
-    """preprocess.load_rgb for an image that is already open and drafted (see the module
-    doc), its steps one by one with the deadline checked between them. The EXIF
-    rotation comes first, as in to_rgb, whose own rotation then finds nothing to do."""
-    img.load()  # every read of the body checks the deadline
-    deadline.check()
-    ImageOps.exif_transpose(img, in_place=True)
-    deadline.check()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = to_8bit(img, deadline)
-        deadline.check()
-    return to_rgb(img)
 
 
 def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec,
@@ -300,21 +255,19 @@ def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec,
         raise ClientError(400, NOT_AN_IMAGE)
     deadline = Deadline(timeout_s)
     try:
-        img = open_image(body, fmt, deadline)
+        img = open_body(body, fmt, deadline)
         check_dimensions(img.width, img.height, spec)
-        draft(img, spec)
+        draft(img, spec.resize_size)
         need = decode_bytes(img)
         reservation = (memory.reserve(need, deadline.at)
                        if memory and need >= RESERVE_FROM_BYTES else nullcontext())
         with reservation:
             deadline.restart()
             try:
-                rgb = load_rgb(img, deadline)
-            except (DecodeTimeout, MemoryError, Image.DecompressionBombError):
-                raise
-            except Exception:  # noqa: BLE001 - truncated, broken stream, bad metadata
+                # Every read of the body checks the deadline, and so does each step.
+                rgb = load_rgb(img, check=deadline.check)
+            except UnreadableImage:  # truncated, broken stream, bad metadata
                 raise ClientError(400, CORRUPT) from None
-            deadline.check()
             array = eval_array(rgb, spec)  # resizing
             deadline.check()  # a decode past its deadline is refused, whatever it got to
             return array
@@ -330,8 +283,8 @@ def decode(body: bytes | bytearray | None, content_type: str | None, spec: Spec,
     except MemoryBusy:
         raise ClientError(503, "the server is busy decoding other large images: "
                                "retry shortly") from None
-    except Image.DecompressionBombError:
-        raise ClientError(413, f"image too large: the limit is {MAX_PIXELS:,} pixels") from None
+    except ImageTooLarge as exc:  # the contract's message: its size and the limit
+        raise ClientError(413, str(exc)) from None
     except MemoryError:
         raise ClientError(413, "image too large to decode") from None
     except Exception as exc:  # noqa: BLE001 - the resize of a damaged image

@@ -106,12 +106,6 @@ class Classifier:
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
-        k = max(1, min(k, len(self.labels)))
-        order = np.argsort(-probs, kind="stable")[:k]
-        return [{"label": self.labels[i], "index": int(i), "probability": float(probs[i])}
-                for i in order]
-
     def warm_up(self) -> None:
         """One batch-1 inference at start-up, so the first request does not pay for it."""
         size = self.spec.image_size

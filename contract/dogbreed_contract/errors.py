@@ -27,3 +27,8 @@ class ImageTooLarge(ImageError):
 
 class UnreadableImage(ImageError):
     """Not a JPEG/PNG Pillow can open, or its data is corrupt or truncated."""
+
+
+class DecodeStopped(Exception):
+    """Raised by a caller's ``check`` (preprocess.load_rgb) to end a decode early, as
+    serving's deadline does: preprocess lets it through, never as an ImageError."""

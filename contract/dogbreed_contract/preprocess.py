@@ -2,27 +2,45 @@
 
 Training uses ``load_rgb`` for its augmented images and, for validation and test,
 ``eval_uint8`` (the pixels of ``load_eval_array``, normalized on its device with
-``normalize``'s arithmetic); the serving image's decoding follows the same steps with
-these same functions, so an endpoint sees exactly what evaluation saw. Only Pillow and
+``normalize``'s arithmetic); the serving image's decoding runs these same functions on
+each request body, so an endpoint sees exactly what evaluation saw. Only Pillow and
 NumPy: no torch. Unreadable images raise ``ImageTooLarge`` or ``UnreadableImage``
 (both ValueErrors).
+
+Serving bounds each request's work, and so opens the body itself (``open_image``
+with the formats it accepts, through a file object of its own), drafts it, checks its
+limits, then hands the open image to ``load_rgb``. The ``check`` callback that
+``load_rgb`` and ``to_rgb`` take is called between their steps (and between the
+strips of a 16-bit conversion): serving's deadline raises ``DecodeStopped`` from it,
+which passes through untouched, never as an ImageError.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageTooLarge, UnreadableImage
+from .errors import DecodeStopped, ImageTooLarge, UnreadableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Refuse images with more pixels than this before decoding them (decompression bombs).
 MAX_PIXELS = 40_000_000
+TOO_LARGE = f"image too large: the limit is {MAX_PIXELS:,} pixels"
+# Modes with more than 8 bits per pixel, brought to 8-bit 'L' by to_8bit.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+# Rows of a wide image converted at once (to_8bit): about a megapixel, 8 MB of float64.
+STRIP_PIXELS = 1 << 20
+
+
+def no_check() -> None:
+    """The default ``check``: nothing stops a decode."""
 
 
 @dataclass(frozen=True)
@@ -47,35 +65,65 @@ class Spec:
         return asdict(self)
 
 
-def open_image(source: bytes | str | Path) -> Image.Image:
-    """Open without decoding; refuses oversized images (ImageTooLarge, UnreadableImage)."""
+def open_image(source: bytes | str | Path | BinaryIO,
+               formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open without decoding; refuses oversized images (ImageTooLarge, UnreadableImage).
+
+    ``formats`` limits the formats Pillow tries (serving: the one the body's magic
+    bytes name). A file object is read as it is: serving's reads check its deadline.
+    """
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
-        img = Image.open(fp)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image too large: {exc}") from None
+        img = Image.open(fp, formats=formats)
+    except DecodeStopped:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(TOO_LARGE) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, struct.error ...
         raise UnreadableImage(f"not a readable image: {exc}") from None
     if img.width * img.height > MAX_PIXELS:
-        raise ImageTooLarge(f"image too large: {img.width}x{img.height} pixels "
-                         f"(limit {MAX_PIXELS:,})")
+        raise ImageTooLarge(f"image too large: {img.width}x{img.height} pixels, the limit "
+                            f"is {MAX_PIXELS:,} pixels")
     return img
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Apply EXIF orientation and bring any mode (L, P, RGBA, CMYK, 16-bit) to 8-bit RGB.
-
-    Works in place where it can: an upright RGB photo comes back as the same object,
-    without the two full-size copies that exif_transpose and convert would make.
+def draft(img: Image.Image, min_side: int) -> None:
+    """Let a JPEG decode straight to 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
+    scaling) as long as both sides stay at least ``min_side`` pixels; 0 or a PNG: as
+    it is. The evaluation transform passes its resize size, which it would shrink the
+    image to anyway: a 768x576 photo then costs half the decoding time
+    (docs/benchmarks.md). Training's random crops decode at full size.
     """
-    ImageOps.exif_transpose(img, in_place=True)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8))
-    elif img.mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        img = Image.fromarray(np.clip(arr * 255.0, 0, 255).astype(np.uint8))
+    if min_side and img.format == "JPEG":
+        img.draft("RGB", (min_side, min_side))
+
+
+def to_8bit(img: Image.Image, check: Callable[[], None] = no_check) -> Image.Image:
+    """A 16- or 32-bit greyscale image (WIDE_MODES) to 8-bit 'L'.
+
+    Integers scale by 255/65535 when any value is above 255 (else they are already
+    0-255), floats by 255; both clip to 0-255 in float64 (NaN becomes 0). Strip by
+    strip, calling ``check`` before each: a 40-megapixel image needs a few MiB of
+    float64 instead of three full-size copies (about 1 GB). The new image carries no
+    metadata, so EXIF orientation must be applied before (to_rgb does).
+    """
+    arr = np.asarray(img)
+    floats = img.mode == "F"
+    scale = 255.0 if floats else 255.0 / (65535.0 if arr.max() > 255 else 255.0)
+    out = np.empty(arr.shape, np.uint8)
+    rows = max(1, STRIP_PIXELS // max(1, arr.shape[1]))
+    for top in range(0, arr.shape[0], rows):
+        check()
+        strip = arr[top:top + rows].astype(np.float64)
+        if floats:
+            strip = np.nan_to_num(strip)
+        out[top:top + rows] = np.clip(strip * scale, 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def opaque_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit image of any mode (1, L, P, RGBA, LA, CMYK ...) as RGB; transparent
+    pixels become white. An RGB image comes back as the same object."""
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -85,23 +133,42 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_rgb(source: bytes | str | Path, min_side: int = 0) -> Image.Image:
-    """Decode a JPEG/PNG (bytes or path) to RGB. Raises ValueError if it cannot.
+def to_rgb(img: Image.Image, check: Callable[[], None] = no_check) -> Image.Image:
+    """Apply EXIF orientation and bring any mode (L, P, RGBA, CMYK, 16-bit) to 8-bit RGB,
+    calling ``check`` after each step.
 
-    With ``min_side``, a JPEG is decoded straight to 1/2, 1/4 or 1/8 of its size
-    (libjpeg's DCT scaling) as long as both sides stay at least ``min_side`` pixels.
-    The evaluation transform passes its resize size, which it would shrink the image
-    to anyway: a 768x576 photo then costs half the decoding time
-    (docs/benchmarks.md). Training's random crops decode at full size.
+    Works in place where it can: an upright RGB photo comes back as the same object,
+    without the two full-size copies that exif_transpose and convert would make.
     """
-    img = open_image(source)
+    ImageOps.exif_transpose(img, in_place=True)
+    check()
+    if img.mode in WIDE_MODES:
+        img = to_8bit(img, check)
+        check()
+    img = opaque_rgb(img)
+    check()
+    return img
+
+
+def load_rgb(source: bytes | str | Path | Image.Image, min_side: int = 0,
+             check: Callable[[], None] = no_check) -> Image.Image:
+    """Decode a JPEG/PNG (bytes, a path, or an image open_image opened) to RGB.
+    Raises ValueError if it cannot.
+
+    With ``min_side``, a JPEG decodes at reduced scale (``draft``). An image already
+    open decodes as it is, drafted or not: serving drafts it itself, before it reserves
+    the memory the decode needs. ``check`` is called after each step (to_rgb).
+    """
+    img = source if isinstance(source, Image.Image) else open_image(source)
     try:
-        if min_side and img.format == "JPEG":
-            img.draft("RGB", (min_side, min_side))
+        draft(img, min_side)
         img.load()
-        return to_rgb(img)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image too large: {exc}") from None
+        check()
+        return to_rgb(img, check)
+    except DecodeStopped:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(TOO_LARGE) from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to callers
