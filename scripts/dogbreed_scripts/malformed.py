@@ -2,8 +2,7 @@
 
 Used by tests/test_serve_hardening.py (one test per row) and the soak command (mixed into
 the load). Every body is built here from Pillow, zlib and struct: nothing is downloaded.
-The expected status is what the serving contract promises (README "Serving image
-contract"); the rows that expect 200 are files that are damaged or odd but still
+The expected status is what the serving contract promises (docs/serving.md); the rows that expect 200 are files that are damaged or odd but still
 decodable images, which the contract answers with a prediction (docs/hardening.md).
 """
 
