@@ -1,15 +1,20 @@
 """The containers the tests start, each on a free loopback port or offline, removed after.
 
-Server: the serving image answering over real HTTP. Detached: the training image in
-the background, so a test can signal it mid-run (conftest.run_train runs it to the
-end). published_port and listening_sockets read a running container from outside.
+Server: the serving image answering over real HTTP; StopUnderLoad: clients that keep
+it busy while it is stopped; broken_model: a model folder broken one way. Detached:
+the training image in the background, so a test can signal it mid-run
+(conftest.run_train runs it to the end). published_port and listening_sockets read a
+running container from outside.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import shutil
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -104,6 +109,91 @@ class Server:
 
     def stop(self) -> None:
         docker("rm", "-f", self.id, check=False)
+
+
+class StopUnderLoad:
+    """One client thread per (url, body, content type), each POSTing in a loop, while a
+    container is stopped: a result is (time sent, status code or exception name), and a
+    client ends with the first request it sent after the stop began. The drain tests
+    read ``sent_before_stop``: every one of those must be answered."""
+
+    def __init__(self, posts: list[tuple[str, bytes, str]]):
+        self.results: list[tuple[float, int | str]] = []
+        self.stop_at: float | None = None
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=post) for post in posts]
+
+    def _client(self, url: str, body: bytes, content_type: str) -> None:
+        with requests.Session() as session:
+            while not self._done.is_set():
+                sent = time.monotonic()
+                try:
+                    outcome: int | str = session.post(
+                        url, data=body, headers={"Content-Type": content_type},
+                        timeout=30).status_code
+                except requests.RequestException as exc:
+                    outcome = type(exc).__name__
+                self.results.append((sent, outcome))
+                if self.stop_at is not None and sent > self.stop_at:
+                    return
+
+    def __enter__(self) -> StopUnderLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def answered(self, count: int, timeout: float = 120) -> bool:
+        """Whether ``count`` results came within ``timeout`` s (under load, at any speed)."""
+        deadline = time.monotonic() + timeout
+        while len(self.results) < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, container: str) -> float:
+        """`docker stop -t 30` while the clients run; the seconds it took. The clients
+        then end."""
+        self.stop_at = time.monotonic()
+        docker("stop", "-t", "30", container)
+        took = time.monotonic() - self.stop_at
+        self.__exit__()
+        return took
+
+    def sent_before_stop(self) -> list[int | str]:
+        return [outcome for sent, outcome in self.results if sent < self.stop_at]
+
+
+def broken_model(model_dir: Path, tmp_path: Path, case: str) -> Path:
+    """A copy of a trained model directory, broken one way (``case``)."""
+    out = tmp_path / case
+    shutil.copytree(model_dir, out)
+    meta_path = out / "model.json"
+    meta = json.loads(meta_path.read_text())
+    if case == "corrupt model.onnx":
+        (out / "model.onnx").write_bytes(b"\x08\x01garbage" * 1000)
+    elif case == "missing model.onnx":
+        (out / "model.onnx").unlink()
+    elif case == "model.json without labels":
+        del meta["labels"]
+        meta_path.write_text(json.dumps(meta))
+    elif case == "model.json not JSON":
+        meta_path.write_text("{labels: [")
+    elif case == "fewer labels than outputs":
+        meta["labels"] = meta["labels"][:2]
+        meta_path.write_text(json.dumps(meta))
+    elif case == "model card of schema version 2":
+        meta["schema_version"] = 2
+        meta_path.write_text(json.dumps(meta))
+    elif case == "model card without a schema version":
+        del meta["schema_version"]
+        meta_path.write_text(json.dumps(meta))
+    return out
 
 
 class Detached:

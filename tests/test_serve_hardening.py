@@ -8,6 +8,7 @@ The longer soak is a command: `scripts/soak.py --help`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
@@ -253,16 +254,27 @@ def test_worker_killed_during_load(server):
     assert "Z" not in states, states
 
 
+@contextlib.contextmanager
+def every_worker_killed(serve_image, trained_model, unhealthy_exit_s: int):
+    """A ready server whose every MMS worker process (the forked child and its parent)
+    was then killed: MMS has none left to restart."""
+    srv = Server(serve_image, trained_model.root / "model",
+                 f"DOGBREED_UNHEALTHY_EXIT_S={unhealthy_exit_s}",
+                 name_prefix="dogbreed-serve-hardening")
+    try:
+        srv.wait_ready()
+        assert soak.kill_workers(srv.id, "all")
+        yield srv
+    finally:
+        srv.stop()
+
+
 def test_ping_and_invocations_answer_503_at_once_while_no_worker_exists(serve_image,
                                                                         trained_model):
     """Kill every worker process, so that MMS has none left to restart: serve notices,
     /ping answers 503 and an invocation gets a JSON 503 at once, well within a 15 s
     client timeout, instead of waiting in MMS's queue for a worker that never comes."""
-    srv = Server(serve_image, trained_model.root / "model", "DOGBREED_UNHEALTHY_EXIT_S=600",
-                 name_prefix="dogbreed-serve-hardening")
-    try:
-        srv.wait_ready()
-        assert soak.kill_workers(srv.id, "all")
+    with every_worker_killed(serve_image, trained_model, unhealthy_exit_s=600) as srv:
         deadline = time.monotonic() + 60
         while (ping := requests.get(f"{srv.url}/ping", timeout=5)).status_code == 200:
             assert time.monotonic() < deadline, srv.logs()[-2000:]
@@ -277,24 +289,16 @@ def test_ping_and_invocations_answer_503_at_once_while_no_worker_exists(serve_im
             assert resp.json()["status"] == 503 and "retry" in resp.json()["error"]
             assert_clean(resp)
         assert srv.state()["status"] == "running"
-    finally:
-        srv.stop()
 
 
 def test_container_exits_when_mms_cannot_recover(serve_image, trained_model):
     """Kill every worker process (the forked child and its parent): MMS cannot start a
     new one and its /ping still answers 200, so serve exits and SageMaker replaces the
     container, instead of an endpoint that hangs every request while counted healthy."""
-    srv = Server(serve_image, trained_model.root / "model", "DOGBREED_UNHEALTHY_EXIT_S=5",
-                 name_prefix="dogbreed-serve-hardening")
-    try:
-        srv.wait_ready()
-        assert soak.kill_workers(srv.id, "all")
+    with every_worker_killed(serve_image, trained_model, unhealthy_exit_s=5) as srv:
         deadline = time.monotonic() + 60
         while srv.state()["status"] == "running" and time.monotonic() < deadline:
             time.sleep(0.5)
         state = srv.state()
         assert state["status"] == "exited" and state["exit_code"] == 3, state
         assert "no working worker" in srv.logs()
-    finally:
-        srv.stop()

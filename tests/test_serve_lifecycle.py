@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -17,7 +16,7 @@ import uuid
 
 import pytest
 import requests
-from containers import Server, published_port
+from containers import Server, StopUnderLoad, broken_model, published_port
 
 from conftest import docker
 from dogbreed_scripts import malformed
@@ -67,46 +66,19 @@ def test_docker_stop_drains_concurrent_load(serve_image, trained_model):
     """`docker stop` under load from 6 clients: every request sent before the stop gets its
     200, serve exits 0 well within SageMaker's 30 s, and says it drained."""
     srv = Server(serve_image, trained_model.root / "model")
-    results: list[tuple[float, int | str]] = []
-    stop_at: list[float] = []
-    done = threading.Event()
-
-    def client():
-        with requests.Session() as session:
-            while not done.is_set():
-                sent = time.monotonic()
-                try:
-                    resp = session.post(f"{srv.url}/invocations", data=GOOD[1],
-                                        headers={"Content-Type": GOOD[2]}, timeout=30)
-                    outcome: int | str = resp.status_code
-                except requests.RequestException as exc:
-                    outcome = type(exc).__name__
-                results.append((sent, outcome))
-                if stop_at and sent > stop_at[0]:
-                    return
     try:
         srv.wait_ready()
-        threads = [threading.Thread(target=client) for _ in range(6)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 120
-        while len(results) <= 20:  # under load: more than 20 answered, at any speed
-            assert time.monotonic() < deadline, results
-            time.sleep(0.05)
-        stop_at.append(time.monotonic())
-        docker("stop", "-t", "30", srv.id)
-        stop_s = time.monotonic() - stop_at[0]
-        done.set()
-        for t in threads:
-            t.join(timeout=30)
-        before = [outcome for sent, outcome in results if sent < stop_at[0]]
-        assert len(before) > 20, results
+        post = (f"{srv.url}/invocations", GOOD[1], GOOD[2])
+        with StopUnderLoad([post] * 6) as load:
+            assert load.answered(21), load.results  # under load: more than 20 answered
+            stop_s = load.stop(srv.id)
+        before = load.sent_before_stop()
+        assert len(before) > 20, load.results
         assert all(outcome == 200 for outcome in before), [o for o in before if o != 200]
         assert state(srv.id) == ("exited", 0), logs(srv.id)[-2000:]
         assert stop_s < 15, stop_s
         assert "drained and stopped" in logs(srv.id)
     finally:
-        done.set()
         srv.stop()
 
 
@@ -222,33 +194,6 @@ def test_mms_dying_at_start_up_is_not_waited_for(serve_image, trained_model):
         docker("rm", "-f", cid, check=False)
 
 
-def broken(model_dir, tmp_path, case: str):
-    """A copy of the trained model directory, broken one way."""
-    out = tmp_path / case
-    shutil.copytree(model_dir, out)
-    meta_path = out / "model.json"
-    meta = json.loads(meta_path.read_text())
-    if case == "corrupt model.onnx":
-        (out / "model.onnx").write_bytes(b"\x08\x01garbage" * 1000)
-    elif case == "missing model.onnx":
-        (out / "model.onnx").unlink()
-    elif case == "model.json without labels":
-        del meta["labels"]
-        meta_path.write_text(json.dumps(meta))
-    elif case == "model.json not JSON":
-        meta_path.write_text("{labels: [")
-    elif case == "fewer labels than outputs":
-        meta["labels"] = meta["labels"][:2]
-        meta_path.write_text(json.dumps(meta))
-    elif case == "model card of schema version 2":
-        meta["schema_version"] = 2
-        meta_path.write_text(json.dumps(meta))
-    elif case == "model card without a schema version":
-        del meta["schema_version"]
-        meta_path.write_text(json.dumps(meta))
-    return out
-
-
 @pytest.mark.parametrize("case,says", [
     ("corrupt model.onnx", "is not an ONNX model"),
     ("missing model.onnx", "model.onnx is missing"),
@@ -258,7 +203,7 @@ def broken(model_dir, tmp_path, case: str):
 ])
 def test_broken_model_directory_is_explained_in_one_line(serve_image, trained_model, tmp_path,
                                                          case, says):
-    model = broken(trained_model.root / "model", tmp_path, case)
+    model = broken_model(trained_model.root / "model", tmp_path, case)
     cid = run_serve(serve_image, model)
     try:
         error, text, took = one_line_refusal(cid)
@@ -277,7 +222,7 @@ def test_broken_model_directory_is_explained_in_one_line(serve_image, trained_mo
 ])
 def test_model_from_another_schema_version_is_refused_at_start(serve_image, trained_model,
                                                                tmp_path, case, says):
-    model = broken(trained_model.root / "model", tmp_path, case)
+    model = broken_model(trained_model.root / "model", tmp_path, case)
     cid = run_serve(serve_image, model)
     try:
         error, text, _ = one_line_refusal(cid)

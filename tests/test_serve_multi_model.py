@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from containers import Server
+from containers import Server, StopUnderLoad, broken_model
 from images import encode, photo, png_with_size
-from test_serve_lifecycle import broken, logs, state
 
 from conftest import SECOND_LABELS, docker
 from synthetic import LABELS
@@ -45,7 +44,7 @@ def models_root(trained_model, second_model, tmp_path_factory) -> Path:
     for name, run in (("three", trained_model), ("two", second_model)):
         shutil.copytree(run.root / "model", root / name / "model")
     for case in BROKEN:
-        broken(trained_model.root / "model", root / "broken", case)
+        broken_model(trained_model.root / "model", root / "broken", case)
     shutil.copytree(trained_model.root / "model", root / "spare" / "model")
     (root / "a-file").write_text("not a folder")
     (root / "empty").mkdir()
@@ -447,40 +446,17 @@ def test_docker_stop_drains_invocations_of_every_model(serve_image, models_root)
     """`docker stop` while two models are invoked: what was sent before the stop is
     answered, serve exits 0 and says it drained."""
     srv = start(serve_image, models_root)
-    results: list[tuple[float, int | str]] = []
-    stop_at: list[float] = []
-    done = threading.Event()
-
-    def client(name):
-        with requests.Session() as session:
-            while not done.is_set():
-                sent = time.monotonic()
-                try:
-                    outcome: int | str = session.post(
-                        f"{srv.url}/models/{name}/invoke", data=GOOD, timeout=30,
-                        headers={"Content-Type": "image/jpeg"}).status_code
-                except requests.RequestException as exc:
-                    outcome = type(exc).__name__
-                results.append((sent, outcome))
-                if stop_at and sent > stop_at[0]:
-                    return
     try:
         assert load(srv, "three").status_code == 200 and load(srv, "two").status_code == 200
-        threads = [threading.Thread(target=client, args=(n,)) for n in ("three", "two") * 2]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 120
-        while len(results) < 20 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        stop_at.append(time.monotonic())
-        docker("stop", "-t", "30", srv.id)
-        done.set()
-        for t in threads:
-            t.join(timeout=30)
-        before = [outcome for sent, outcome in results if sent < stop_at[0]]
+        posts = [(f"{srv.url}/models/{name}/invoke", GOOD, "image/jpeg")
+                 for name in ("three", "two") * 2]
+        with StopUnderLoad(posts) as clients:
+            clients.answered(20)
+            clients.stop(srv.id)
+        before = clients.sent_before_stop()
         assert all(outcome == 200 for outcome in before), [o for o in before if o != 200]
-        assert state(srv.id) == ("exited", 0), logs(srv.id)[-2000:]
-        assert "drained and stopped" in logs(srv.id)
+        status = srv.state()
+        assert (status["status"], status["exit_code"]) == ("exited", 0), srv.logs()[-2000:]
+        assert "drained and stopped" in srv.logs()
     finally:
-        done.set()
         srv.stop()
