@@ -192,8 +192,12 @@ def _epoch_losses(stats: dict) -> list[tuple[int, float, float]]:
 def overfit(stats: dict, start_step: int, patience: int, ratio_threshold: float) -> Outcome:
     """(validation loss - training loss) / training loss above `ratio_threshold` for
     `patience` validation passes in a row. Deviation: one reading per epoch (the
-    epoch's mean training loss against its validation pass); start_step counts epochs."""
-    passes = [p for p in _epoch_losses(stats) if math.isfinite(p[1]) and math.isfinite(p[2])]
+    epoch's mean training loss against its validation pass); start_step counts epochs.
+    Epochs with a non-finite loss are left out; from saved steps (smdebug) only those
+    without a training loss: there a NaN validation loss compares as no overfit."""
+    saved = bool(stats.get("saved_steps"))
+    passes = [p for p in _epoch_losses(stats)
+              if math.isfinite(p[1]) and (saved or math.isfinite(p[2]))]
     passes = passes[start_step:]
     if not passes:
         return _not("needs one finished epoch (training and validation loss)")
