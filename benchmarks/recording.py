@@ -9,7 +9,7 @@
 Both variants run train.py's own train_one_epoch on the same batches, made
 once and already on the device (no data path, so the difference is the
 recording alone: the worst case for the ratio). "off" is the loop with no
-Recorder; "on" is a job's default Recorder (recording.py: step losses read
+observers; "on" has a job's default Recorder among them (observers.py) (recording.py: step losses read
 back, per-layer norms at each epoch's first step, every debug-interval steps
 and in the first 10 steps, ReLU variances and percentiles in those 10 steps,
 weight and gradient histograms once per epoch, TensorBoard scalars, and at
@@ -27,15 +27,28 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from dogbreed_train import config, distributed, recording, train
 
 
-class _Sampler:
+class _Batches:
+    """The batches, made once, read as train_one_epoch reads a batches.BatchSource."""
+
+    def __init__(self, batches: list):
+        self.batches, self.workers = batches, 0
+        self.feed = SimpleNamespace(path="in memory")
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         pass
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def make_job(args, record: bool, work: Path):
@@ -49,12 +62,12 @@ def make_job(args, record: bool, work: Path):
     trainer = train.build_trainer(hps, world, placement, args.classes)
     trainer.steps_per_epoch = args.steps
     if record:
-        trainer.recorder = recording.Recorder(
+        trainer.observers.append(recording.Recorder(
             trainer.model, main=True, enabled=True, interval=hps.debug_interval,
             nan_loss="stop", device=placement.device, amp=placement.amp, lr=hps.lr,
             tensorboard_dir=work / "tensorboard", out_dir=work / "data",
             class_counts={str(i): 10 for i in range(args.classes)},
-            hyperparameters=config.to_dict(hps))
+            hyperparameters=config.to_dict(hps)))
     return trainer
 
 
@@ -64,8 +77,8 @@ def batches(args, device):
     for _ in range(args.steps):
         x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
         y = torch.randint(0, args.classes, (args.batch_size,), generator=g)
-        out.append((x.to(device), y.to(device), []))
-    return out
+        out.append((x.to(device), y.to(device), [], None))
+    return _Batches(out)
 
 
 def one_epoch(trainer, data, epoch: int) -> float:
@@ -74,12 +87,12 @@ def one_epoch(trainer, data, epoch: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train.train_one_epoch(trainer, data, _Sampler(), epoch, 0, sums, None)
-    if trainer.recorder is not None:
+    train.train_one_epoch(trainer, data, epoch, 0, sums, None)
+    if trainer.observers:
         row = {"epoch": epoch, "train_loss": sums.state()["loss"] / len(data),
                "train_acc": 0.5, "valid_loss": 1.0, "valid_acc": 0.5, "lr": 1e-3,
                "images_per_s": 100.0, "data_wait": 0.0, "seconds": 1.0}
-        trainer.recorder.end_epoch(row, None, {})
+        trainer.observers.end_epoch(row, None, {})
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / len(data)
@@ -107,7 +120,7 @@ def main(argv=None) -> int:
                 times[name].append(one_epoch(jobs[name], data, epoch))
                 print(f"round {epoch} {name:>3}: {1000 * times[name][-1]:.2f} ms/step",
                       file=sys.stderr, flush=True)
-        jobs["on"].recorder.close()
+        jobs["on"].observers.close()
     steady = {k: statistics.median(v[1:]) for k, v in times.items()}
     first = {k: v[0] for k, v in times.items()}
     result = {

@@ -68,7 +68,7 @@ class GpuSampler:
 
     Each epoch's mean GPU utilization and peak memory go into its PERF line; the
     whole series (CPU %, I/O wait %, GPU %, GPU memory % of the GPU, epoch) feeds
-    the system rules (verdicts.py) and the report. 0.5 s is SageMaker's default
+    the system rules (rules.py) and the report. 0.5 s is SageMaker's default
     system-monitor interval.
     """
 

@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import verdicts
+from . import rules
 from .errors import UserError
 from .files import replacing
+from .observers import Observer
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,10 @@ def _sample(t: torch.Tensor) -> torch.Tensor:
     return flat.float()
 
 
-class Recorder:
-    """Statistics of one run. `main` (rank 0) records and writes everything; the
-    other ranks only check their own losses for NaN."""
+class Recorder(Observer):
+    """Statistics of one run, and the rules on them; one of the loop's observers.
+    `main` (rank 0) records and writes everything; the other ranks only check their
+    own losses for NaN."""
 
     def __init__(self, model: nn.Module, *, main: bool, enabled: bool, interval: int,
                  nan_loss: str, device: torch.device, amp: torch.dtype | None, lr: float,
@@ -106,7 +108,7 @@ class Recorder:
             "class_counts": class_counts, "layers": [n for n, _ in self.params],
             "debug_interval": interval, "steps": [], "gradients": [], "early": [],
             "epochs": [], "valid_per_class": [], "system": {}}
-        self.rules = verdicts.RuleBook()
+        self.rules = rules.RuleBook()
         self.writer = None
         if main and enabled:
             self._open_writer()
@@ -154,6 +156,9 @@ class Recorder:
             self.flush()
         if self.hooks and step + 1 >= EARLY_STEPS:  # also right away after a resume
             self._unhook()
+
+    def end_train(self) -> None:
+        self.flush()
 
     def flush(self) -> None:
         """Read the pending losses back; NaN/inf stops the job (or is recorded)."""

@@ -8,10 +8,11 @@ It is laid out as torchvision's reference script (references/classification/
 train.py): ``train_one_epoch`` and ``evaluate`` over batch sources (batches.py,
 the one data factory; its transforms are presets.py), ``run`` around them. Top to bottom: resume from the checkpoint if there is one (``resume``);
 each epoch (``train_epochs``) train (AMP and channels-last on GPU), validate,
-log METRIC and PERF lines, record statistics and evaluate the rules
-(recording.py, verdicts.py), save a checkpoint; then predict the test channel,
-export the model and write the report (``finish``, report.py). Rank 0 alone logs
-metrics and writes files; metrics are summed over all ranks. Every wait for a
+log METRIC and PERF lines, save a checkpoint; then predict the test channel,
+export the model and write the report (``finish``, report.py). Whatever watches
+the loop (recording.py's statistics and rules; an smdebug hook when the job has a
+hook config) is one list of observers (observers.py), called at fixed points.
+Rank 0 alone logs metrics and writes files; metrics are summed over all ranks. Every wait for a
 batch is bounded (``loader-timeout``, stalls.py). The loader timing behind the
 PERF line is profiling.TimedBatches; the cluster (hosts, CPUs, GPUs)
 is cluster.py's, read once.
@@ -19,6 +20,7 @@ is cluster.py's, read once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -45,6 +47,7 @@ from . import (
     data,
     debugger,
     distributed,
+    observers,
     paths,
     profiling,
     recording,
@@ -182,11 +185,10 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler
-    debugger: debugger.Debugger
+    observers: observers.Observers  # what watches the loop: the Recorder, a hook
     stop_request: StopRequest
     bad_images: data.BadImages
     feed: batches.Feed
-    recorder: recording.Recorder | None = None
     steps_per_epoch: int = 0
 
     def save_checkpoint(self, next_epoch: int, next_step: int, partial_sums: dict,
@@ -232,7 +234,7 @@ def train_one_epoch(trainer: Trainer, source: batches.BatchSource, epoch: int,
     it got to."""
     hps, placement = trainer.hps, trainer.placement
     trainer.training_model.train()
-    trainer.debugger.train()
+    trainer.observers.start_train()
     source.set_epoch(epoch, start_step * hps.batch_size)
     feed = first_batches(source, hps.max_steps_per_epoch - start_step) \
         if hps.max_steps_per_epoch else source
@@ -247,9 +249,8 @@ def train_one_epoch(trainer: Trainer, source: batches.BatchSource, epoch: int,
                 logits = trainer.training_model(images)
                 loss = trainer.criterion(logits, targets)
             trainer.scaler.scale(loss).backward()
-            if trainer.recorder is not None:
-                trainer.recorder.after_backward(first_global_step + step, epoch, loss,
-                                                trainer.scaler)
+            trainer.observers.after_backward(first_global_step + step, epoch, loss,
+                                             trainer.scaler)
             trainer.scaler.step(trainer.optimizer)
             trainer.scaler.update()
             sums.add(loss * len(targets), logits, targets)
@@ -258,8 +259,7 @@ def train_one_epoch(trainer: Trainer, source: batches.BatchSource, epoch: int,
             profiler.step()
         if trainer.should_stop(step):
             break
-    if trainer.recorder is not None:
-        trainer.recorder.flush()
+    trainer.observers.end_train()
     return {**timed.stats(placement.device), **feed_figures(source)}, step
 
 
@@ -277,7 +277,7 @@ def evaluate(trainer: Trainer, source: batches.BatchSource, n_classes: int
     DDP's collectives must not see uneven calls."""
     placement = trainer.placement
     trainer.model.eval()
-    trainer.debugger.eval()
+    trainer.observers.start_eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     sums = RunningSums(placement.device)
     class_total = torch.zeros(n_classes, dtype=torch.int64, device=placement.device)
@@ -292,8 +292,7 @@ def evaluate(trainer: Trainer, source: batches.BatchSource, n_classes: int
         class_total += torch.bincount(targets, minlength=n_classes)
         class_correct += torch.bincount(targets[logits.argmax(1) == targets],
                                         minlength=n_classes)
-        if trainer.debugger.active:  # the hook records the training criterion as EVAL loss
-            trainer.criterion(logits.float(), targets)
+        trainer.observers.eval_batch(logits, targets)
     counts = distributed.sum_all(trainer.world, class_total.tolist() + class_correct.tolist(),
                                  placement.device)
     per_class = {"total": [int(c) for c in counts[:n_classes]],
@@ -352,12 +351,16 @@ def build_trainer(hps: config.Hyperparameters, world: distributed.World,
         training_model = torch.compile(training_model, dynamic=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=hps.label_smoothing)
     optimizer = make_optimizer(hps, model.parameters())
+    bare_model = functools.partial(build_model, hps.model, n_classes, hps.hidden_units,
+                                   hps.dropout, pretrained=False, freeze_backbone=False,
+                                   weights_dir=None)
     return Trainer(
         hps=hps, world=world, placement=placement, model=model, training_model=training_model,
         criterion=criterion, optimizer=optimizer, scheduler=make_scheduler(hps, optimizer),
         scaler=torch.amp.GradScaler(placement.device.type,
                                     enabled=placement.amp == torch.float16),
-        debugger=debugger.create(model, criterion, enabled=world.main),
+        observers=observers.Observers(debugger.observers(model, criterion, bare_model,
+                                                         enabled=world.main)),
         stop_request=StopRequest(), bad_images=data.BadImages(hps.bad_images),
         feed=make_feed(hps, placement, workers))
 
@@ -461,12 +464,12 @@ def _run(hps: config.Hyperparameters, cluster: Cluster,
     class_counts = [0] * len(labels)
     for _, label in train_split.samples:
         class_counts[label] += 1
-    trainer.recorder = recording.Recorder(
+    trainer.observers.append(recording.Recorder(
         trainer.model, main=world.main, enabled=hps.record, interval=hps.debug_interval,
         nan_loss=hps.nan_loss, device=placement.device, amp=placement.amp, lr=hps.lr,
         tensorboard_dir=paths.tensorboard_dir(), out_dir=out_dir,
         class_counts=dict(zip(labels, class_counts, strict=True)),
-        hyperparameters=config.to_dict(hps))
+        hyperparameters=config.to_dict(hps)))
 
     loaders = make_loaders(hps, world, trainer.feed, spec, train_split, valid_split)
     trainer.steps_per_epoch = len(loaders.train)
@@ -475,17 +478,17 @@ def _run(hps: config.Hyperparameters, cluster: Cluster,
     try:
         history = train_epochs(trainer, loaders, progress, labels)
     except recording.NonFiniteLoss:
-        trainer.recorder.close()  # the verdicts and statistics up to the bad step
+        trainer.observers.close()  # the verdicts and statistics up to the bad step
         if world.main:
             report.write_safely(out_dir)
         raise
     trainer.stop_request.training_done(trainer.should_stop(0))  # a SIGTERM now stops at once
-    trainer.debugger.close()
+    trainer.observers.end_training()
     # A bad image met by two ranks (in different epochs' shards) counts once.
     trainer.bad_images.seen = distributed.union_all(world, trainer.bad_images.seen)
     distributed.barrier(world)
     if not world.main:
-        trainer.recorder.close()
+        trainer.observers.close()
         return None
     return finish(trainer, spec, labels, folders, history,
                   (train_split, valid_split, test_split), out_dir, model_dir)
@@ -510,7 +513,7 @@ def train_epochs(trainer: Trainer, loaders: Loaders, progress: Progress,
                                               train_sums, profiler)
             if trainer.should_stop(0):
                 trainer.save_checkpoint(epoch, steps, train_sums.state(), history, labels)
-                trainer.debugger.close()
+                trainer.observers.end_training()
                 raise Stopped(f"SIGTERM at epoch {epoch}, step {steps}; checkpoint saved in "
                               f"{paths.checkpoint_dir()}. Run the job again to resume.")
             train_metrics = train_sums.result(world)
@@ -532,7 +535,7 @@ def train_epochs(trainer: Trainer, loaders: Loaders, progress: Progress,
                    "shm_mib": perf["shm_mib"]}
             row.update({k: round(v, 3) for k, v in gpu_use.items()})
             history.append(row)
-            trainer.recorder.end_epoch(row, per_class, gpu.series)
+            trainer.observers.end_epoch(row, per_class, gpu.series)
             trainer.save_checkpoint(epoch + 1, 0, {}, history, labels)
             start_step, partial_sums = 0, {}
     return history
@@ -556,8 +559,7 @@ def finish(trainer: Trainer, spec: Spec, labels, folders, history, splits, out_d
             None, [])
         artifacts.save_json(out_dir / "valid_predictions.json", predictions)
         evaluated = ("valid", root)
-    if trainer.debugger.active:
-        report_rules(trainer.debugger.tensor_dir, out_dir)
+    trainer.observers.report(out_dir)
 
     dropped = len(trainer.bad_images.seen)  # training's, from every rank, and the test set's
     skipped = {s.name: len(s.skipped) for s in splits if s}
@@ -570,11 +572,7 @@ def finish(trainer: Trainer, spec: Spec, labels, folders, history, splits, out_d
     if test:
         summary.update(test_loss=test["loss"], test_acc=test["acc"])
 
-    exported = trainer.model
-    if trainer.debugger.active:  # smdebug's module hooks would run (and fail) in torch.export
-        exported = build_model(hps.model, len(labels), hps.hidden_units, hps.dropout,
-                               pretrained=False, freeze_backbone=False, weights_dir=None)
-        exported.load_state_dict(trainer.model.state_dict())
+    exported = trainer.observers.before_export(trainer.model)
     artifacts.save_model(exported, model_dir, labels=labels, class_folders=folders, spec=spec,
                          architecture=hps.model, hyperparameters=config.to_dict(hps),
                          summary=summary)
@@ -585,7 +583,7 @@ def finish(trainer: Trainer, spec: Spec, labels, folders, history, splits, out_d
               "skipped_images": {"scan": skipped, "decode": dropped}}
     artifacts.save_metrics(out_dir, record)
     if hps.record:
-        trainer.recorder.close(test)
+        trainer.observers.close(test)
         report.thumbnails_safely(out_dir, predictions, evaluated)
         report.write_safely(out_dir)
     # Worded unlike the METRIC lines so the metric regexes never count it twice.
@@ -593,15 +591,3 @@ def finish(trainer: Trainer, spec: Spec, labels, folders, history, splits, out_d
              f", test accuracy {test['acc']:.4f}" if test else "")
     return record
 
-
-def report_rules(tensor_dir: str, out_dir) -> None:
-    """What SageMaker's built-in Debugger rules would say, evaluated here."""
-    from . import rules
-
-    try:
-        verdicts = rules.evaluate(tensor_dir)
-    except Exception as exc:  # noqa: BLE001 - a report must never fail the job
-        log.warning("Debugger rules not evaluated: %s: %s", type(exc).__name__, exc)
-        return
-    rules.write(verdicts, out_dir / "debugger_rules.json")
-    log.info(rules.format_report(verdicts))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dogbreed_train import checkpoints, config, launch, profiling, rules
+from dogbreed_train import checkpoints, config, debugger, launch, profiling
 from dogbreed_train.cluster import Cluster
 from dogbreed_train.distributed import EpochSampler, World
 from dogbreed_train.errors import UserError
@@ -256,8 +256,8 @@ def _trial(tmp_path, lr: float, steps: int = 12):
 
 
 def test_rules_on_a_learning_model(tmp_path):
-    verdicts = {v.rule: v for v in rules.evaluate(_trial(tmp_path, lr=0.5))}
-    assert set(verdicts) == set(rules.RULES)
+    verdicts = debugger.evaluate_tensors(_trial(tmp_path, lr=0.5)).verdicts
+    assert set(verdicts) == set(debugger.RULES)
     assert verdicts["LossNotDecreasing"].status == "NoIssuesFound"
     assert verdicts["VanishingGradient"].status == "NoIssuesFound"
     # No relu_input collection was saved: said plainly, not guessed.
@@ -265,7 +265,7 @@ def test_rules_on_a_learning_model(tmp_path):
 
 
 def test_rules_flag_a_model_that_does_not_learn(tmp_path):
-    verdicts = {v.rule: v for v in rules.evaluate(_trial(tmp_path, lr=0.0))}
+    verdicts = debugger.evaluate_tensors(_trial(tmp_path, lr=0.0)).verdicts
     assert verdicts["LossNotDecreasing"].status == "IssuesFound"
     assert verdicts["Overtraining"].status == "IssuesFound"
 
