@@ -149,6 +149,7 @@ def test_the_train_command_refuses_a_bad_job_before_the_toolkit(sm_base, no_job)
                          env=os.environ, timeout=120)
     assert run.returncode == 2, run.stdout + run.stderr
     failure = (sm_base / "output" / "failure").read_text()
-    assert failure.startswith("UserError: invalid hyperparameters: 'epochs'='0'")
+    assert failure.startswith("UserError: invalid hyperparameters: ")
+    assert "'epochs'='0'" in failure.splitlines()[0]
     assert "'optimizer'='rmsprop'" in failure.splitlines()[0]
     assert "Imported framework" not in run.stdout + run.stderr  # the toolkit never ran
