@@ -40,6 +40,9 @@ SUPPORTED_INPUT_MODES = ("File", "FastFile")
 
 @dataclass(frozen=True)
 class Job:
+    """One training job as SageMaker describes it, validated: the same value in every
+    process that runs it."""
+
     hyperparameters: config.Hyperparameters
     input_modes: Mapping[str, str | None]  # channel -> TrainingInputMode (None: unnamed)
     cluster: Cluster
