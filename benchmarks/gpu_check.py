@@ -62,7 +62,7 @@ from training import product_batches, run_steps, step_fn, synthetic_batches
 
 from dogbreed_contract.model_card import ModelCard
 from dogbreed_contract.preprocess import Spec, load_eval_array
-from dogbreed_train import batches, data
+from dogbreed_train import batches, data, stalls
 from dogbreed_train.models import build_model
 
 HERE = Path(__file__).resolve().parent
@@ -157,7 +157,7 @@ def environment(device: torch.device) -> dict:
                                 / 2**30, 1) if cuda else None,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
         "cuda": torch.version.cuda if cuda else None,
-        "shm_gib": round(batches.stalls.shm_bytes() / 2**30, 1),
+        "shm_gib": round(stalls.shm_bytes() / 2**30, 1),
         "gcc": bool(_which("gcc") and _which("g++")),
     }
 
@@ -218,7 +218,7 @@ def measure(spec: dict) -> int:
               other: lambda: product_batches(jpegs, img_spec, batch, device, other, workers,
                                              spec["loader_timeout"], channels_last=True)}
     emit(kind="setup", data_path_default=default, workers=workers,
-         shm_mib=round(batches.stalls.shm_bytes() / 2**20))
+         shm_mib=round(stalls.shm_bytes() / 2**20))
     sources, failed = {}, set()
     for r in range(spec["rounds"]):
         for name, make in makers.items():

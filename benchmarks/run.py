@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 # The benchmarks' own modules sit beside this file, on sys.path as the script's folder.
-import report
+import results_md
 from photo import request_image
 
 from dogbreed_contract import model_card
@@ -442,7 +442,7 @@ def main(argv=None) -> int:
     res["wall_s"] = round(time.monotonic() - started, 1)
     res["summary"] = summarize(res)
     (args.out / "results.json").write_text(json.dumps(res, indent=2))
-    md = report.markdown(res)
+    md = results_md.markdown(res)
     (args.out / "results.md").write_text(md)
     print(md)
     log(f"wrote {args.out}/results.json and results.md in {res['wall_s']:.0f} s")

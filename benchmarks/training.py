@@ -55,7 +55,7 @@ from PIL import Image
 from torch import nn
 
 from dogbreed_contract.preprocess import Spec, load_rgb
-from dogbreed_train import batches, data
+from dogbreed_train import batches, data, stalls
 from dogbreed_train.models import build_model
 
 
@@ -311,7 +311,7 @@ def main() -> int:
     med = {name: statistics.median(r) for name, r in rates.items()}
     result = {
         "device": args.device, "amp": args.amp, "model": args.model, "step": args.step,
-        "data_path_default": default_path, "shm_mib": round(batches.stalls.shm_bytes() / 2**20),
+        "data_path_default": default_path, "shm_mib": round(stalls.shm_bytes() / 2**20),
         "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
         "rounds": args.rounds, "workers_default": workers, "cpus": cpus,
         "torch_threads": threads, "torch": torch.__version__,

@@ -241,7 +241,8 @@ def test_worker_killed_during_load(server):
                        container=server.id, kill_worker_at=0.25, seed=9)
     print("\nkill:", result["kill"], result["latency_ms"])
     assert result["kill"]["killed_pids"], "no worker process was found to kill"
-    assert result["good"]["ok"] == result["good"]["sent"], result["good"]
+    assert result["good"]["ok"] == result["good"]["sent"], (result["good"],
+                                                            server.logs()[-4000:])
     assert result["bad"]["as_expected"] == result["bad"]["sent"], result["bad"]
     assert result["kill"]["of_which_as_expected"] == result["kill"][
         "requests_started_5s_after_kill"] > 0

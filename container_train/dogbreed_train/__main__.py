@@ -1,7 +1,8 @@
 """``python -m dogbreed_train``: the training program (cli.py), started by launch.py.
 
-SIGTERM is handled before anything heavy is imported (cli.py's imports pull in
-torch, which takes seconds): a job stopped while it starts says so and exits 143.
+SIGTERM is handled before anything heavy is imported (the training program
+imports torch, which takes seconds): a job stopped while it starts says so and
+exits 143.
 """
 
 import sys

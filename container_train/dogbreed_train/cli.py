@@ -1,7 +1,9 @@
 """Command line of the training program: ``python -m dogbreed_train [--key value ...]``.
 
-Hyperparameters come from /opt/ml/input/config/hyperparameters.json (as SageMaker
-writes them) and may be overridden by flags of the same names.
+The job comes from the process that started this one (DOGBREED_JOB, job_config.py:
+read and validated once by the image's ``train``); run by hand, without it, from
+the config files under $SAGEMAKER_BASE_DIR. Flags of the hyperparameters' names
+override the job's.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 
 from dogbreed_contract.metrics import LineFormatter
 
-from . import config, errors, job_config, paths
+from . import config, errors, job_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,21 +22,14 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m dogbreed_train",
         description="Fine-tune a torchvision classifier on class-folder channels under "
                     "$SAGEMAKER_BASE_DIR (default /opt/ml). Hyperparameters are read from "
-                    "input/config/hyperparameters.json; flags override them.",
+                    "input/config/hyperparameters.json (or the job the image's `train` "
+                    "hands down); flags override them.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for name, description, default in config.field_help():
         shown = list(default) if isinstance(default, tuple) else default
         p.add_argument(f"--{name}", metavar="VALUE", default=argparse.SUPPRESS,
                        help=f"{description} (default: {shown})")
     return p
-
-
-def read_hyperparameters_file() -> dict:
-    """The job's hyperparameters; none when there is no file (a run outside SageMaker)."""
-    path = paths.hyperparameters_file()
-    if not path.exists():
-        return {}
-    return job_config.read_object(path)
 
 
 def setup_logging() -> None:
@@ -52,12 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     errors.clear_failure()
     try:
-        raw = read_hyperparameters_file()
-        raw.update(vars(args))
-        hps = config.parse(raw)
-        from .train import run  # torch is imported only once the input is valid
+        job = job_config.current(overrides=vars(args))
+        from .train import run  # torch: only once the job is valid
 
-        run(hps)
+        run(job.hyperparameters, job.cluster.with_gpus_counted())
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the failure file
         if isinstance(exc, SystemExit):
             raise

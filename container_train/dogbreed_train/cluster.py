@@ -1,10 +1,11 @@
-"""The cluster a job runs on, read once: its hosts, this host, this host's GPUs and CPUs.
+"""The cluster a job runs on: its hosts, this host, this host's GPUs and CPUs.
 
-SageMaker describes the cluster in input/config/resourceconfig.json. The training
-toolkit's SM_* variables win where they are set, but the toolkit does not export
-them into its own process (where launch.py runs), so the file is what is usually
-read. As the toolkit's ``Environment`` does, everything is read into one frozen
-object when a process starts and passed down from there.
+SageMaker describes the cluster in input/config/resourceconfig.json, which the job
+reads once (job_config.py): ``from_config`` turns the file's contents into a
+Cluster, SM_* variables winning where they are set (the toolkit sets none where
+launch.py runs: entrypoint.py, [toolkit-keeps-SM-variables]). Counting the GPUs
+needs torch, so the launcher does it (``with_gpus_counted``) and hands the counted
+cluster down with the job.
 
 ``unusable_gpus`` is the launcher's check that GPUs the host has are GPUs torch
 can use: the image's torch is a CUDA 13 build, and on an older NVIDIA driver it
@@ -17,21 +18,18 @@ import glob
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-from . import paths
-
-RESOURCE_CONFIG = "resourceconfig.json"
 
 
 @dataclass(frozen=True)
 class Cluster:
     hosts: tuple[str, ...] = ("algo-1",)
     current_host: str = "algo-1"
-    gpus: int = 0     # on this host
+    gpus: int | None = 0  # on this host; None: not counted yet (with_gpus_counted)
     cpus: int = 1     # on this host
     network_interface: str | None = None  # the one SageMaker names, which may not exist
+    instance_type: str = ""  # e.g. ml.g5.xlarge; "local" or "local_gpu" in local mode
 
     @property
     def master_host(self) -> str:
@@ -47,30 +45,39 @@ class Cluster:
         return len(self.hosts) > 1
 
     @classmethod
-    def read(cls) -> Cluster:
-        config = resource_config()
+    def from_config(cls, config: dict) -> Cluster:
+        """The cluster resourceconfig.json's contents describe (``{}`` outside SageMaker:
+        this machine alone); GPUs are left to count unless SM_NUM_GPUS says."""
         hosts = (json.loads(os.environ["SM_HOSTS"]) if os.environ.get("SM_HOSTS")
                  else config.get("hosts") or ["algo-1"])
         current = os.environ.get("SM_CURRENT_HOST") or config.get("current_host") or hosts[0]
         interface = (os.environ.get("SM_NETWORK_INTERFACE_NAME")
                      or config.get("network_interface_name") or None)
-        return cls(tuple(hosts), current, gpu_count(), cpu_count(), interface)
+        gpus = int(os.environ["SM_NUM_GPUS"]) if os.environ.get("SM_NUM_GPUS") else None
+        return cls(tuple(hosts), current, gpus, cpu_count(), interface,
+                   str(config.get("current_instance_type") or ""))
 
+    @classmethod
+    def read(cls) -> Cluster:
+        """The cluster on its own, read from resourceconfig.json, GPUs counted."""
+        from .job_config import read_resource_config  # job_config builds Clusters
 
-def resource_config() -> dict:
-    """SageMaker's description of the cluster; empty outside SageMaker."""
-    try:
-        return json.loads((paths.config_dir() / RESOURCE_CONFIG).read_text())
-    except (OSError, ValueError):
-        return {}
+        return cls.from_config(read_resource_config()).with_gpus_counted()
 
+    def with_gpus_counted(self) -> Cluster:
+        """This cluster with this host's GPUs counted by torch, where no one said how many."""
+        if self.gpus is not None:
+            return self
+        import torch  # only here: validating the job needs no torch
 
-def gpu_count() -> int:
-    if os.environ.get("SM_NUM_GPUS"):
-        return int(os.environ["SM_NUM_GPUS"])
-    import torch  # only here: the launcher needs no torch when SageMaker says how many
+        return replace(self, gpus=torch.cuda.device_count())
 
-    return torch.cuda.device_count()
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: dict) -> Cluster:
+        return cls(**{**value, "hosts": tuple(value["hosts"])})
 
 
 def cpu_count() -> int:
@@ -86,11 +93,10 @@ GPU_INSTANCE = re.compile(r"^ml\.(p\d|g(?!4ad)\d)|^local_gpu$")
 
 def gpus_promised(cluster: Cluster) -> str:
     """Why this host should have NVIDIA GPUs ("" when nothing says so)."""
-    if cluster.gpus > 0 and os.environ.get("SM_NUM_GPUS"):
+    if os.environ.get("SM_NUM_GPUS") and cluster.gpus > 0:
         return f"SM_NUM_GPUS={os.environ['SM_NUM_GPUS']}"
-    instance = resource_config().get("current_instance_type", "")
-    if GPU_INSTANCE.match(instance):
-        return f"the instance type {instance}"
+    if GPU_INSTANCE.match(cluster.instance_type):
+        return f"the instance type {cluster.instance_type}"
     devices = sorted(glob.glob("/dev/nvidia[0-9]*"))
     if devices:
         return f"{', '.join(devices)} exist"

@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .backbones import BACKBONES
 from .errors import UserError
-from .models import BACKBONES
 
 ModelName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 
 
 class Hyperparameters(BaseModel):
-    """Every hyperparameter the training image understands (README has the table)."""
+    """Every hyperparameter the training image understands (docs/training.md has the table)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True,
                               protected_namespaces=())

@@ -1,16 +1,18 @@
 """Entry point for the SageMaker training toolkit (SAGEMAKER_TRAINING_MODULE).
 
-`docker run IMAGE train` runs the toolkit's ``train``, which prepares the SM_*
-environment and calls ``main`` here. The training program runs as a child process
+`docker run IMAGE train` reads the job (entrypoint.py) and runs the toolkit's
+``train``, which calls ``main`` here. The training program runs as a child process
 so that its exit code and failure file are its own; a plain SystemExit here would
-be reported by the toolkit as success, so a failure is raised as an exception
-whose ``errno`` becomes the container's exit code.
+be reported by the toolkit as success (entrypoint.py,
+[toolkit-exits-0-on-SystemExit]), so a failure is raised as an exception whose
+``errno`` becomes the container's exit code.
 
 One GPU and one host: ``python -m dogbreed_train``. Several GPUs or several hosts:
 torchrun starts one process per GPU (one per host on CPU) on every host, with
-the first host as the rendezvous. Hosts and GPUs come from the cluster view
-(cluster.py, read once here). DOGBREED_PROCS_PER_HOST overrides the number of
-processes per host.
+the first host as the rendezvous. Hosts come from the job the entrypoint read
+(job_config.current); this host's GPUs are counted here, once, and the job goes
+on to the program with them (DOGBREED_JOB). DOGBREED_PROCS_PER_HOST overrides the
+number of processes per host.
 Before any of that, a host with GPUs that torch cannot use (a driver older than
 the image's CUDA needs) fails the job at once (cluster.unusable_gpus).
 This process is the container's PID 1 (entrypoint.py), so it passes SIGTERM on
@@ -27,9 +29,10 @@ import socket
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from . import errors, stopping
+from . import errors, job_config, stopping
 from .cluster import Cluster, unusable_gpus
 
 log = logging.getLogger(__name__)
@@ -121,7 +124,12 @@ def environment(cluster: Cluster) -> dict[str, str]:
 
 def main() -> None:
     errors.clear_failure()
-    cluster = Cluster.read()
+    try:
+        job = job_config.current()
+    except errors.UserError as exc:  # read here only when the toolkit laid out the job
+        raise TrainingFailed(errors.report(exc)) from None
+    cluster = job.cluster.with_gpus_counted()
+    job = replace(job, cluster=cluster)  # handed on with this host's GPUs counted
     problem = unusable_gpus(cluster)
     if problem:  # before any process starts: a GPU host must never train on the CPU
         raise TrainingFailed(errors.report(errors.UserError(problem)))
@@ -138,7 +146,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, forward)
     if "torch.distributed.run" in cmd:
         print("launching: " + " ".join(cmd[1:]), flush=True)
-    child = subprocess.Popen(cmd, env=environment(cluster))
+    child = subprocess.Popen(cmd, env={**environment(cluster), **job.to_env()})
     if stop_requested:  # it came while the program was being started
         child.send_signal(signal.SIGTERM)
     code = child.wait()

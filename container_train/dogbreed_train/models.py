@@ -1,4 +1,5 @@
-"""Backbones, their pretrained weights, and the classifier head we put on them.
+"""The backbones (backbones.py names them), their pretrained weights, and the
+classifier head we put on them.
 
 Weights come, in this order, from: a ``weights`` channel (network-isolated jobs),
 torchvision's cache under $TORCH_HOME (filled at image build time with the
@@ -8,34 +9,15 @@ PRETRAINED_MODELS build arg), or a download from torchvision's URL.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .backbones import BACKBONES
 from .errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backbone:
-    builder: str  # torchvision.models function name
-    weights: str  # torchvision weights enum, DEFAULT member is used
-
-
-BACKBONES: dict[str, Backbone] = {
-    "resnet18": Backbone("resnet18", "ResNet18_Weights"),
-    "resnet34": Backbone("resnet34", "ResNet34_Weights"),
-    "resnet50": Backbone("resnet50", "ResNet50_Weights"),
-    "vgg16": Backbone("vgg16", "VGG16_Weights"),
-    "alexnet": Backbone("alexnet", "AlexNet_Weights"),
-    "efficientnet_b0": Backbone("efficientnet_b0", "EfficientNet_B0_Weights"),
-    "efficientnet_v2_s": Backbone("efficientnet_v2_s", "EfficientNet_V2_S_Weights"),
-    "convnext_tiny": Backbone("convnext_tiny", "ConvNeXt_Tiny_Weights"),
-    "mobilenet_v3_large": Backbone("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
-}
 
 
 def make_head(in_features: int, hidden_units: tuple[int, ...], dropout: float,

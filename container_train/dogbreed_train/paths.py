@@ -16,10 +16,6 @@ def config_dir() -> Path:
     return base_dir() / "input" / "config"
 
 
-def hyperparameters_file() -> Path:
-    return config_dir() / "hyperparameters.json"
-
-
 def channel_dir(name: str) -> Path:
     """A channel's folder; SM_CHANNEL_<NAME> wins, as in the toolkit."""
     env = os.environ.get(f"SM_CHANNEL_{name.upper()}")

@@ -1,6 +1,6 @@
 """What every training job records about itself, for the rules, TensorBoard and the report.
 
-Recorded, cheaply enough to stay on in every job (benchmarks/recording.py
+Recorded, cheaply enough to stay on in every job (benchmarks/recording_cost.py
 measures the cost):
 - the training loss of every step, read back from the device every
   SYNC_STEPS steps on GPU (every step on CPU, where reading is free), so the

@@ -422,9 +422,8 @@ def make_loaders(hps: config.Hyperparameters, world: distributed.World, feed: ba
     return Loaders(train, valid)
 
 
-def run(hps: config.Hyperparameters) -> dict | None:
+def run(hps: config.Hyperparameters, cluster: Cluster) -> dict | None:
     """Train, evaluate and save; returns the metrics record (on rank 0)."""
-    cluster = Cluster.read()
     world = distributed.init()
     try:
         return _run(hps, cluster, world)

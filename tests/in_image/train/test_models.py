@@ -2,8 +2,9 @@ import pytest
 import torch
 import torchvision
 
+from dogbreed_train.backbones import BACKBONES
 from dogbreed_train.errors import UserError
-from dogbreed_train.models import BACKBONES, build_model
+from dogbreed_train.models import build_model
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Compare serving configurations side by side (how settings.py's defaults were chosen).
 
-    .venv/bin/python benchmarks/tune.py --config base: \
+    .venv/bin/python benchmarks/serving_configs.py --config base: \
         --config delay1:DOGBREED_MAX_BATCH_DELAY_MS=1 \
         --config w2t1:SAGEMAKER_MODEL_SERVER_WORKERS=2
-    .venv/bin/python benchmarks/tune.py --config old@dogbreed-serve:latest: \
+    .venv/bin/python benchmarks/serving_configs.py --config old@dogbreed-serve:latest: \
         --config new@dogbreed-serve:dev: --cold-starts 5      # two images
 
 Every configuration runs in its own product container at the same time (idle while

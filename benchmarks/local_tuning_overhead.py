@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What `tune.py --local` costs over the training containers themselves.
 
-    .venv/bin/python benchmarks/local_tuning.py --trials 3 --rounds 2
+    .venv/bin/python benchmarks/local_tuning_overhead.py --trials 3 --rounds 2
 
 Each round runs N trials through the tuner (one at a time, no early stopping, so
 every trial trains to the end), then the same N training containers by hand: the

@@ -3,7 +3,7 @@
     # CPU, inside the training image:
     docker run --rm -v $PWD/benchmarks:/bench:ro dogbreed-train:latest python /bench/recording.py
     # A GPU machine with plain PyTorch (no Docker):
-    PYTHONPATH=container_train python benchmarks/recording.py --model resnet50 \
+    PYTHONPATH=container_train python benchmarks/recording_cost.py --model resnet50 \
         --image-size 224 --batch-size 64 --steps 100
 
 Both variants run train.py's own train_one_epoch on the same batches, made
