@@ -107,6 +107,13 @@ class Server:
                      self.id).stdout.split()
         return {"status": out[0], "exit_code": int(out[1]), "oom_killed": out[2] == "true"}
 
+    def state_once_stopped(self, timeout: float) -> dict:
+        """state() once the container no longer runs, or after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while self.state()["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return self.state()
+
     def stop(self) -> None:
         docker("rm", "-f", self.id, check=False)
 

@@ -297,9 +297,6 @@ def test_container_exits_when_mms_cannot_recover(serve_image, trained_model):
     new one and its /ping still answers 200, so serve exits and SageMaker replaces the
     container, instead of an endpoint that hangs every request while counted healthy."""
     with every_worker_killed(serve_image, trained_model, unhealthy_exit_s=5) as srv:
-        deadline = time.monotonic() + 60
-        while srv.state()["status"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        state = srv.state()
+        state = srv.state_once_stopped(timeout=60)
         assert state["status"] == "exited" and state["exit_code"] == 3, state
         assert "no working worker" in srv.logs()

@@ -405,10 +405,7 @@ def test_a_model_that_lost_its_processes_leaves_the_others_answered_then_is_repl
         assert kill_model_processes(srv, "two")
         assert invoke(srv, "three").status_code == 200
         assert requests.get(f"{srv.url}/ping", timeout=5).status_code == 200
-        deadline = time.monotonic() + 120
-        while srv.state()["status"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        state = srv.state()
+        state = srv.state_once_stopped(timeout=120)
         assert state["status"] == "exited" and state["exit_code"] == 3, state
         assert "fewer working workers" in srv.logs()
     finally:
