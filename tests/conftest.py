@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from importlib.metadata import version
@@ -15,6 +16,13 @@ import pytest
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # in the SDK v2 venv (tests/sdk2)
 
 from synthetic import make_dataset, make_hostile_dataset
+
+# A shell without job control starts its background commands (`make test &`) with
+# SIGINT and SIGQUIT ignored, and an ignored signal stays ignored in every child: the
+# tests that Ctrl-C a script or SIGQUIT a stand-in for nginx would then see nothing
+# happen. Handled here, both are reset to their defaults in every child started.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 ROOT = Path(__file__).resolve().parents[1]
 # tests/sdk2 needs SDK v2: its own venv runs it (tests/test_sdk2_compat.py)
