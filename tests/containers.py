@@ -92,6 +92,20 @@ class Server:
         out = docker("logs", self.id, check=False)
         return out.stdout + out.stderr
 
+    # What a worker that died leaves in the log: MMS's lines, the Python traceback, and
+    # the handler's line when the replacement loads the model.
+    DEATH = re.compile(r"died|took over|Worker disconnected|Retry worker|Traceback|"
+                       r"Error|Exception|Killed|signal", re.IGNORECASE)
+
+    def deaths(self, around: int = 3) -> str:
+        """The log lines that tell why a worker process was replaced, with ``around``
+        lines either side: the message of an assertion on worker restarts."""
+        lines = self.logs().splitlines()
+        keep = sorted({j for i, line in enumerate(lines) if self.DEATH.search(line)
+                       and "readv() failed" not in line
+                       for j in range(max(0, i - around), min(len(lines), i + around + 1))})
+        return "\n".join(lines[j] for j in keep)[-12000:] or "(no such line in the log)"
+
     def logs_once(self, ready, timeout: float = 60) -> str:
         """The log, once ``ready(log)`` holds (lines reach it through serve's pipes)."""
         deadline = time.monotonic() + timeout
