@@ -2,8 +2,8 @@
 stages.py with a stand-in for MMS's context and a stand-in network.
 
 The context mirrors what handler.py uses of multi-model-server 1.1.11's
-mms.context.Context (system_properties, get_all_request_header, set_response_status,
-set_response_header); the network is a few lines of numpy whose answer follows the
+mms.context.Context (system_properties, request ids, request headers, response
+status and headers); the network is a few lines of numpy whose answer follows the
 image's colour, so each answer can be traced to its own image through the batch.
 Decoding is the real one (Pillow, dogbreed_contract's preprocessing). The container
 tests (test_serve_container.py) run the same handler inside real MMS.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 
 import numpy as np
 import pytest
@@ -36,14 +37,25 @@ class FakeContext:
         self.system_properties = {"model_dir": model_dir, "gpu_id": None, "batch_size": 8,
                                   "server_name": "MMS", "server_version": "1.1.11"}
         self.headers = headers
+        # MMS's own ids for the requests of the batch (UUIDs, as its frontend makes them)
+        self.request_ids = {i: str(uuid.UUID(int=i)) for i in range(len(headers))}
         self.statuses: dict[int, tuple[int, str]] = {}
         self.response_headers: dict[int, dict] = {}
 
     def get_all_request_header(self, idx):
         return self.headers[idx]
 
+    def get_request_id(self, idx=0):
+        return self.request_ids.get(idx)
+
     def set_response_status(self, code=200, phrase="", idx=0):
         self.statuses[idx] = (code, phrase)
+
+    def get_response_status(self, idx):
+        return self.statuses.get(idx, (200, None))
+
+    def get_response_headers(self, idx):
+        return self.response_headers.get(idx, {})
 
     def set_response_header(self, idx, key, value):
         self.response_headers.setdefault(idx, {})[key] = value

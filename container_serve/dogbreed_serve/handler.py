@@ -9,12 +9,11 @@ so one bad image gets its own 4xx and the rest are still answered; the good ones
 through the network as a single batch. Nothing here raises: an exception in a
 handler would make MMS answer 503 for the whole batch.
 
-No response headers are set here, not even Content-Type (nginx sets it, see
-conf/nginx.conf.template): MMS 1.1.11's frontend decodes a worker's per-request
-header map without checking that all of it has arrived (CodecUtils.readMap), and a
-batch answer split across two socket reads there kills the worker ("Invalid message
-size: -3", docs/hardening.md). Without headers that map is empty; nginx adds the
-request id header to the answer.
+MMS 1.1.11's frontend reads two fields of a batch's answers without checking that
+they have arrived, and a socket read that ends inside one kills the worker
+(docs/hardening.md). So no response headers are set here, not even Content-Type
+(nginx sets it, see conf/nginx.conf.template; the header map stays empty), and
+frames.padded keeps each HTTP status out of a read's end.
 
 Each request's id (X-Amzn-SageMaker-Inference-Id, which nginx fills in when the
 client sent none) goes into every log line written while it is handled, and each
@@ -28,7 +27,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import logs, metrics, stages
+from . import frames, logs, metrics, stages
 from .decoding import ClientError
 from .memory import DecodeMemory
 from .settings import Settings
@@ -110,7 +109,8 @@ class Service:
                               len(decoded), ids)
                 for d in decoded:
                     answers[d.index] = stages.refuse(context, d.index, 500, "inference failed")
-        return answers  # type: ignore[return-value]
+        return frames.padded(frames.records_of(context, len(answers)),
+                             answers)  # type: ignore[arg-type]
 
     def _decode(self, request: stages.Request) -> stages.Decoded | ClientError:
         return stages.decode(request, self.model.spec, self.settings.top_k,
