@@ -136,8 +136,7 @@ def test_padding_is_at_most_four_spaces_after_the_json():
 
 
 def test_offsets_follow_headers_content_types_and_multibyte_text():
-    records = [Record("a" * 36, content_type="application/json",
-                      headers=(("content-type", "application/json"),)),
+    records = [Record("a" * 36, headers=(("content-type", "application/json"),)),
                Record("b" * 36, phrase="é")]
     frame = encode(records, ['{"x": "ü"}', "{}"])
     assert [struct.unpack("!i", frame[at:at + 4])[0] for at in frames.status_offsets(

@@ -43,9 +43,13 @@ class Record:
     """What MMS writes for one request besides its body (from the worker's context)."""
 
     request_id: str
-    content_type: str = ""
     phrase: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def content_type(self) -> str:
+        """MMS writes the content-type header a second time, in a field of its own."""
+        return dict(self.headers).get("content-type") or ""
 
     def size_before_status(self) -> int:
         return INT + len(self.request_id.encode()) + INT + len(self.content_type.encode())
@@ -88,7 +92,6 @@ def records_of(context, count: int) -> list[Record]:
     for idx in range(count):
         _code, phrase = context.get_response_status(idx)
         headers = context.get_response_headers(idx) or {}
-        records.append(Record(str(context.get_request_id(idx)),
-                              headers.get("content-type") or "", phrase or "",
+        records.append(Record(str(context.get_request_id(idx)), phrase or "",
                               tuple(headers.items())))
     return records
