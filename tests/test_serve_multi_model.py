@@ -86,6 +86,18 @@ def invoke(srv, name: str, body: bytes = GOOD, content_type: str = "image/jpeg",
                          headers={"Content-Type": content_type, **headers})
 
 
+def invoke_file(srv, name: str, path: Path, **headers) -> requests.Response:
+    """One of a training run's test images, sent with its own content type."""
+    return invoke(srv, name, path.read_bytes(),
+                  "image/png" if path.suffix == ".png" else "image/jpeg", **headers)
+
+
+def load_both(srv) -> None:
+    for name in ("three", "two"):
+        if name not in listed(srv):
+            assert load(srv, name).status_code == 200
+
+
 def listed(srv) -> list[str]:
     resp = requests.get(f"{srv.url}/models", timeout=10)
     assert resp.status_code == 200, resp.text
@@ -160,10 +172,8 @@ def test_two_models_side_by_side_from_several_clients(server, trained_model, sec
         name, run, image = job
         if run is None:
             return job, invoke(server, name, b"not an image")
-        path = run.root / "input" / "data" / "test" / image
-        ctype = "image/png" if path.suffix == ".png" else "image/jpeg"
-        return job, invoke(server, name, path.read_bytes(), ctype,
-                           **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=2"})
+        return job, invoke_file(server, name, run.root / "input" / "data" / "test" / image,
+                                **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=2"})
 
     before = scrape(server)
     with ThreadPoolExecutor(6) as pool:
@@ -192,9 +202,7 @@ def test_two_models_side_by_side_from_several_clients(server, trained_model, sec
 
 
 def test_unload_then_load_again(server):
-    for name in ("three", "two"):
-        if name not in listed(server):
-            assert load(server, name).status_code == 200
+    load_both(server)
     resp = requests.delete(f"{server.url}/models/two", timeout=60)
     assert resp.status_code == 200, resp.text
     assert listed(server) == ["three"] and mms_holds(server) == ["three"]
@@ -214,9 +222,7 @@ def test_mixed_batches_of_answers_and_refusals_never_kill_a_worker(server, train
     has arrived (frames.py). Batches that mix answers and refusals, from 6 clients over
     two models, cost no worker: 1,440 invocations (8 worker deaths were expected in
     them before frames.padded, 16 were seen in 2,880)."""
-    for name in ("three", "two"):
-        if name not in listed(server):
-            assert load(server, name).status_code == 200
+    load_both(server)
     jobs = []
     for name, run in (("three", trained_model), ("two", second_model)):
         test_dir = run.root / "input" / "data" / "test"
@@ -227,9 +233,8 @@ def test_mixed_batches_of_answers_and_refusals_never_kill_a_worker(server, train
         name, path = job
         if path is None:
             return invoke(server, name, b"not an image").status_code
-        return invoke(server, name, path.read_bytes(),
-                      "image/png" if path.suffix == ".png" else "image/jpeg",
-                      **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=2"}).status_code
+        return invoke_file(server, name, path,
+                           **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=2"}).status_code
 
     before = scrape(server)["dogbreed_worker_restarts_total"]
     with ThreadPoolExecutor(6) as pool:
